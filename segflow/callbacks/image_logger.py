@@ -1,0 +1,105 @@
+"""TensorBoard image grids of chosen validation images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch import Tensor
+
+
+def _to_rgb(x: Tensor) -> Tensor:
+    """(C, H, W) → (3, H, W) in [0, 1], min-max scaled per image."""
+    x = x.float()
+    x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-8)
+    return x.expand(3, -1, -1) if x.shape[0] == 1 else x[:3]
+
+
+def make_grid(image: Tensor, mask: Tensor, probs: Tensor, uncertainty: Tensor | None,
+              threshold: float = 0.5, valid: Tensor | None = None) -> Tensor:
+    """One row: image | truth | prediction | [uncertainty] | error, as uint8 (3, H, W·k).
+
+    Error colours: true positive white, false positive red, false negative blue (outside
+    the field of view: dark grey).
+
+    Args:
+        image: (C, H, W) normalised image; mask, probs, uncertainty, valid: (1, H, W).
+    """
+    pred = probs > threshold
+    truth = mask > 0.5
+    err = torch.zeros(3, *mask.shape[-2:], device=mask.device)
+    tp, fp, fn = (pred & truth)[0], (pred & ~truth)[0], (~pred & truth)[0]
+    err[:, tp] = 1.0
+    err[0, fp] = 1.0
+    err[2, fn] = 1.0
+    if valid is not None:
+        err[:, (valid[0] <= 0.5)] = 0.25
+    cols = [_to_rgb(image), truth.float().expand(3, -1, -1), probs.float().clamp(0, 1).expand(3, -1, -1)]
+    if uncertainty is not None:
+        # The std of samples in [0, 1] is at most 0.5: scale by 2 for a fixed colour range.
+        cols.append((2 * uncertainty.float()).clamp(0, 1).expand(3, -1, -1))
+    cols.append(err)
+    sep = torch.ones(3, mask.shape[-2], 2, device=mask.device)
+    row = torch.cat([c for col in cols for c in (col, sep)][:-1], dim=2)
+    return (row * 255).round().to(torch.uint8).cpu()
+
+
+class ValImageLogger(pl.Callback):
+    """Logs image | truth | prediction | uncertainty | error grids of validation images.
+
+    Which images: the module's ``log_image_names`` (file names or stems), or, when empty,
+    the first ``num_log_images`` of the validation set. Under DDP the grids are gathered
+    from every rank so a named image is logged wherever it was evaluated; only rank 0
+    writes. Reads its settings from the module (``model.log_image_enabled``,
+    ``model.log_image_names``, ``model.num_log_images``).
+    """
+
+    def __init__(self, every_n_val_epochs: int = 1):
+        self.every = max(1, every_n_val_epochs)
+        self._grids: list[tuple[str, Tensor]] = []
+        self._val_epochs = 0
+
+    def _wanted(self, module: Any, name: str, index: int) -> bool:
+        names = module.log_image_names
+        if names:
+            return name in names or Path(name).stem in {Path(n).stem for n in names}
+        return index < module.num_log_images
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._grids = []
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if (not getattr(pl_module, "log_image_enabled", False) or trainer.sanity_checking
+                or self._val_epochs % self.every):
+            return
+        pred = outputs["prediction"]
+        for i, (name, index) in enumerate(zip(batch["name"], batch["index"].tolist(), strict=True)):
+            if self._wanted(pl_module, name, index):
+                unc = None if pred.uncertainty is None else pred.uncertainty[i]
+                self._grids.append((name, make_grid(batch["image"][i], batch["mask"][i], pred.probs[i],
+                                                    unc, pl_module.hparams.threshold,
+                                                    batch["valid"][i])))
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        active = getattr(pl_module, "log_image_enabled", False) and self._val_epochs % self.every == 0
+        self._val_epochs += 1
+        if not active:
+            return
+        grids = self._grids
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+            gathered: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(gathered, grids)
+            grids = [g for part in gathered for g in part]
+        if trainer.global_rank != 0:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for name, grid in sorted(grids, key=lambda g: g[0]):
+                    logger.experiment.add_image(f"val_images/{name}", grid, trainer.global_step)

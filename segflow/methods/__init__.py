@@ -1,0 +1,6 @@
+"""Methods: training objectives with matching samplers (no Lightning, no Hydra)."""
+
+from segflow.methods.base import GenerativeMethod, Method, Prediction
+from segflow.methods.supervised import Supervised
+
+__all__ = ["GenerativeMethod", "Method", "Prediction", "Supervised"]

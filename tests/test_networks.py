@@ -1,0 +1,48 @@
+"""Network shapes, gradients and paper-specified initial behaviour."""
+
+import pytest
+import torch
+
+from segflow.networks import CSNet, SegNet, UNet
+from segflow.networks.csnet import AffinityAttention
+
+
+@pytest.mark.parametrize("cls", [UNet, CSNet])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("hw", [(32, 32), (48, 64), (64, 80)])
+def test_segnet_output_matches_input_size(cls, channels, hw):
+    net = cls(in_channels=channels, out_channels=1, base_channels=4)
+    assert isinstance(net, SegNet)
+    h, w = hw
+    if h % net.size_multiple or w % net.size_multiple:
+        pytest.skip("size not a multiple of the network's")
+    out = net(torch.randn(2, channels, h, w))
+    assert out.shape == (2, 1, h, w)
+
+
+@pytest.mark.parametrize("cls", [UNet, CSNet])
+def test_every_parameter_gets_a_gradient(cls):
+    net = cls(in_channels=1, base_channels=4)
+    with torch.no_grad():  # attention scales start at 0 (identity); move them off it
+        for name, p in net.named_parameters():
+            if name.endswith(("gamma", "beta")) and "attention" in name:
+                p.fill_(0.1)
+    net(torch.randn(2, 1, 32, 32)).square().mean().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_csnet_attention_starts_as_identity_and_learns():
+    att = AffinityAttention(8)
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.allclose(att(x), x)
+    att(x).sum().backward()
+    assert att.spatial.gamma.grad is not None and att.channel.beta.grad is not None
+    with torch.no_grad():
+        att.spatial.gamma.fill_(1.0)
+    assert not torch.allclose(att(x), x)
+
+
+def test_unet_rejects_too_shallow():
+    with pytest.raises(ValueError, match="depth"):
+        UNet(depth=1)
