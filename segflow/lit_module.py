@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from segflow.callbacks.ema import EMA
 from segflow.inference import predict_whole
 from segflow.methods.base import Method, Prediction
 from segflow.metrics import VesselMetrics
@@ -36,6 +37,9 @@ class SegModule(pl.LightningModule):
         log_image_names: the validation images to log (file names or stems); empty = the
             first ``num_log_images``.
         num_log_images: how many to log when none are named.
+        ema_decay: keep an exponential moving average of the weights with this decay
+            (e.g. 0.9999 for generative models); validation, test and checkpoints use
+            the averaged weights. None disables it.
     """
 
     def __init__(self, net: nn.Module, method: Method, name: str = "model",
@@ -43,7 +47,7 @@ class SegModule(pl.LightningModule):
                  betas: tuple[float, float] = (0.9, 0.999), warmup: float = 0.05,
                  scheduler: str = "cosine", min_lr_ratio: float = 0.01, threshold: float = 0.5,
                  log_image_enabled: bool = True, log_image_names: list[str] | tuple = (),
-                 num_log_images: int = 4):
+                 num_log_images: int = 4, ema_decay: float | None = None):
         super().__init__()
         method.check_net(net)
         if scheduler not in ("cosine", "constant"):
@@ -56,6 +60,7 @@ class SegModule(pl.LightningModule):
         self.log_image_enabled = log_image_enabled
         self.log_image_names = log_image_names
         self.num_log_images = num_log_images
+        self.ema_decay = ema_decay
         self.val_metrics = VesselMetrics(threshold)
         self.test_metrics = VesselMetrics(threshold)
         self.test_results: dict[str, float] = {}
@@ -128,6 +133,10 @@ class SegModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Callbacks the model itself needs (added to the Trainer's): the weight EMA."""
+        return [EMA(self.ema_decay)] if self.ema_decay else []
 
     # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -108,3 +108,11 @@ def test_multirun_writes_one_folder_per_job(train, workdir):
         assert (j / "checkpoints" / "last.ckpt").is_file()
         assert len(list((j / "tensorboard").glob("events*"))) == 1
     assert not (workdir / "outputs" / "runs").exists()  # nothing stray
+
+
+def test_ema_weights_are_checkpointed_and_raw_weights_kept(train):
+    _, run = train("trainer.max_epochs=2", "model.ema_decay=0.9")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert "current_model_state" in ckpt and "averaging_state" in ckpt
+    key = "net.head.weight"
+    assert not torch.equal(ckpt["state_dict"][key], ckpt["current_model_state"][key])
