@@ -176,6 +176,8 @@ def run_bench(cfg: DictConfig, out_dir: str | Path, command: str = "python -m se
     validate(cfg)
     device = resolve_device(str(cfg.device))
     torch.manual_seed(int(cfg.seed))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = bool(cfg.train.tf32)
         torch.backends.cudnn.allow_tf32 = bool(cfg.train.tf32)
