@@ -7,9 +7,14 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from segflow.bench.runner import validate
 from segflow.networks import UNet
 
-from conftest import ROOT, run_entry
+from conftest import CONF, ROOT, run_entry
 
 TINY_PRESET = """\
 _target_: segflow.lit_module.SegModule
@@ -26,7 +31,7 @@ method:
 # The smallest setting: two tiny generative presets from an extra config folder, the real
 # U-Net shrunk by model_overrides, a preset that does not exist, 32 px everything.
 SMALL = [
-    "models=[unet,tiny_a,tiny_b,nosuchmodel]", "+model_overrides.all.net.base_channels=4",
+    "threads=1", "models=[unet,tiny_a,tiny_b,nosuchmodel]", "+model_overrides.all.net.base_channels=4",
     "train.image_size=32", "train.batch=2", "train.warmup_steps=1", "train.steps=1",
     "sampling.n_samples=[1,2]", "sampling.max_seconds=1", "sampling.ratio=[tiny_a,tiny_b]",
     "+sampling.settings.tiny_a=[{steps:1},{steps:3}]",
@@ -57,7 +62,7 @@ def test_bench_smallest_setting_writes_json_and_markdown(workdir):
     result = json.loads((run / "bench.json").read_text())
     assert set(result) == {"meta", "notes", "train", "sampling", "ratios", "loader"}
     meta = result["meta"]
-    assert meta["mode"] == "quick" and meta["device"] == "cpu"
+    assert meta["mode"] == "quick" and meta["device"] == "cpu" and meta["torch_threads"] == 1
     assert meta["command"].startswith("python -m segflow.bench ") and "train.batch=2" in meta["command"]
     notes = "\n".join(result["notes"])
     assert "'nosuchmodel' is not in conf/model/" in notes
@@ -120,3 +125,21 @@ def test_bench_bad_precision_is_one_sentence(workdir):
     assert proc.returncode == 2
     assert "unknown precision 'fp8'" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_bench_modes_compose_and_validate(mode):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("bench", overrides=[f"bench={mode}"])
+    validate(cfg)
+    assert cfg.mode == mode and cfg.peak_tflops == 989.0
+    assert cfg.sampling.image_size == cfg.train.image_size  # same size unless overridden
+    assert list(cfg.sampling.n_samples) == [1, 5] and list(cfg.sampling.ratio) == ["flow", "medsegdiff"]
+    assert [s["steps"] for s in cfg.sampling.settings.flow] == [1, 2, 5, 10, 20]
+    assert [(s["sampler"], s["steps"]) for s in cfg.sampling.settings.medsegdiff] == [
+        ("ddpm", 1000), ("ddim", 50), ("dpm_solver", 20)]
+    if mode == "full":
+        assert cfg.train.image_size == 320 and "bf16-mixed" in cfg.train.precision
+    else:
+        assert cfg.train.image_size <= 64 and list(cfg.loader.workers) == [0, 1, 2]
