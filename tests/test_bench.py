@@ -64,6 +64,7 @@ def test_bench_smallest_setting_writes_json_and_markdown(workdir):
     meta = result["meta"]
     assert meta["mode"] == "quick" and meta["device"] == "cpu" and meta["torch_threads"] == 1
     assert meta["command"].startswith("python -m segflow.bench ") and "train.batch=2" in meta["command"]
+    assert "hydra.searchpath=" in meta["command"] and "hydra.mode" not in meta["command"]
     notes = "\n".join(result["notes"])
     assert "'nosuchmodel' is not in conf/model/" in notes
     assert "tiny_a: no key model.net.base_channels" in notes  # the `all` override applies where it can

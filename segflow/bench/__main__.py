@@ -19,30 +19,22 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segflow.bench.runner import run_bench
-from segflow.errors import SegflowError
+from segflow.train import find_user_error
 
 log = logging.getLogger("segflow.bench")
-
-
-def _user_error(exc: BaseException) -> SegflowError | None:
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, SegflowError):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
-    command = " ".join(["python -m segflow.bench", *map(shlex.quote, hc.overrides.task)])
+    # hydra.mode is Hydra's own bookkeeping; user hydra.* overrides (searchpath) are kept.
+    hydra_args = [o for o in hc.overrides.hydra if not o.startswith("hydra.mode=")]
+    command = " ".join(["python -m segflow.bench",
+                        *map(shlex.quote, [*hydra_args, *hc.overrides.task])])
     try:
         run_bench(cfg, hc.runtime.output_dir, command)
     except Exception as exc:
-        user_error = _user_error(exc)
+        user_error = find_user_error(exc)
         if user_error is None:
             raise
         log.error("%s", user_error)
