@@ -3,8 +3,9 @@ PY      ?= .venv/bin/python
 ARGS    ?=
 BG      ?= 0
 PORT    ?= 6006
+MODE    ?= quick
 
-.PHONY: install train test test-slow lint tensorboard clean
+.PHONY: install train test test-slow lint tensorboard bench clean
 
 install:  ## create .venv and install segflow with its dev tools
 	python3 -m venv .venv
@@ -21,6 +22,9 @@ test-slow:  ## the slow tests (overfit checks, long runs)
 
 lint:
 	$(PY) -m ruff check segflow tests
+
+bench:  ## benchmarks -> outputs/bench/<time>/ (MODE=full on a GPU; ARGS="models=[flow] ...")
+	$(PY) -m segflow.bench bench=$(MODE) $(ARGS)
 
 tensorboard:  ## tensorboard over every run
 	$(PY) -m tensorboard.main --logdir outputs --port $(PORT) --bind_all
