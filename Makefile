@@ -4,7 +4,7 @@ ARGS    ?=
 BG      ?= 0
 PORT    ?= 6006
 
-.PHONY: install train test test-slow lint tensorboard clean
+.PHONY: install train test test-slow lint tensorboard clean report
 
 install:  ## create .venv and install segflow with its dev tools
 	python3 -m venv .venv
@@ -18,6 +18,9 @@ test:  ## the test suite CI runs (no slow, no gpu)
 
 test-slow:  ## the slow tests (overfit checks, long runs)
 	$(PY) -m pytest -m "slow" -q
+
+report:  ## comparison table + plots of runs (RUNS="outputs/multirun/<sweep>/<time> ..." [OUT=dir])
+	$(PY) -m segflow.report $(or $(RUNS),$(error set RUNS to run folders or a multirun folder)) $(if $(OUT),--out $(OUT))
 
 lint:
 	$(PY) -m ruff check segflow tests

@@ -35,15 +35,18 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from segflow.callbacks.prediction_writer import TestPredictionWriter
 from segflow.config import checkpoint_path, load_checkpoint, load_module
 from segflow.errors import ConfigError
-from segflow.outputs import columns_of, markdown_table, plot_lines, write_csv, write_json
+from segflow.outputs import (
+    TABLE_METRICS,
+    columns_of,
+    line_groups,
+    markdown_table,
+    plot_lines,
+    write_csv,
+    write_json,
+)
 
 log = logging.getLogger("segflow.eval")
 
-#: Columns shown first in tables (the rest follow in order of appearance).
-TABLE_METRICS = ("dice", "dice_per_image", "iou", "cldice", "cldice_per_image", "betti0_error",
-                 "betti1_error", "hd95", "auc", "ece", "sensitivity", "specificity",
-                 "precision", "accuracy", "nfe", "nfe_per_image", "seconds_per_image",
-                 "betti0_std", "betti1_std", "cldice_std")
 #: Config groups whose dotted keys are added to (not only overridden in) the config.
 OPEN_KEYS = ("model.", "data.", "grid.")
 
@@ -217,14 +220,12 @@ def write_grid(folder: Path, rows: list[dict[str, Any]], keys: list[str]) -> Non
     """``grid.csv``, ``grid.md`` and ``dice_vs_nfe.png`` of a quality × cost grid.
 
     The plot has one line per combination of the grid keys other than the one with the
-    most values (usually the number of steps)."""
-    swept = max(keys, key=lambda k: len({str(r.get(k)) for r in rows})) if keys else None
-    others = [k for k in keys if k != swept]
+    most values (usually the number of steps; see :func:`segflow.outputs.line_groups`)."""
     columns = [*keys, *[k for k in TABLE_METRICS if any(k in r for r in rows)]]
-    write_csv(folder / "grid.csv", rows, columns)
+    write_csv(folder / "grid.csv", rows, columns_of(rows, columns))
     (folder / "grid.md").write_text(markdown_table(rows, columns))
     plot_lines(folder / "dice_vs_nfe.png", rows, "nfe_per_image",
-               ["dice", "cldice", "seconds_per_image"], group_by=others, log_x=True,
+               ["dice", "cldice", "seconds_per_image"], group_by=line_groups(rows, keys), log_x=True,
                title="quality vs sampling cost (NFE per image = NFE per member x ensemble size)")
     _print_table(f"quality x cost grid -> {folder}", rows, columns)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Any
 
@@ -142,7 +143,8 @@ class SegModule(pl.LightningModule):
         if self.test_rows:  # sampling cost, averaged over every image of every rank
             for key in ("nfe", "n_samples", "nfe_per_image"):
                 results[key] = float(sum(r[key] for r in rows) / len(rows))
-            results["seconds_per_image"] = float(sum(r["seconds"] for r in rows) / len(rows))
+            # Median: robust to the first batch's one-off warm-up (allocations, autotuning).
+            results["seconds_per_image"] = float(statistics.median(r["seconds"] for r in rows))
         self.test_results = results
 
     # -- optimisation -------------------------------------------------------------------

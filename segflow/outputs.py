@@ -11,16 +11,25 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is not needed to write tables (segflow.report stays light)
+    from torch import Tensor
+
+#: Metric columns shown first in tables (the rest follow in order of appearance).
+TABLE_METRICS = ("dice", "dice_per_image", "iou", "cldice", "cldice_per_image", "betti0_error",
+                 "betti1_error", "hd95", "auc", "ece", "sensitivity", "specificity",
+                 "precision", "accuracy", "nfe", "nfe_per_image", "seconds_per_image",
+                 "betti0_std", "betti1_std", "cldice_std")
 
 
 def to_uint8(x: Tensor | np.ndarray, scale: float = 1.0) -> np.ndarray:
     """(1, H, W) or (H, W) values in [0, 1/scale] → uint8 (H, W) image (0..255)."""
-    arr = x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x, np.float32)
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().float().cpu().numpy()
+    arr = np.asarray(x, np.float32)
     arr = arr.reshape(arr.shape[-2:])
     return np.clip(np.round(arr * scale * 255.0), 0, 255).astype(np.uint8)
 
@@ -38,6 +47,8 @@ def save_prediction_pngs(folder: Path, stem: str, probs: Tensor, uncertainty: Te
     Returns:
         the files written.
     """
+    import cv2
+
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"{stem}_prob.png", folder / f"{stem}_mask.png"]
     cv2.imwrite(str(files[0]), to_uint8(probs))
@@ -106,6 +117,17 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+def line_groups(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:
+    """For a plot over a grid of settings: the keys that label the lines — every key that
+    varies, except the one with the most distinct values (the swept one, usually steps,
+    which the x axis already shows through the NFE)."""
+    varying = [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]
+    if not varying:
+        return []
+    swept = max(varying, key=lambda k: len({str(r.get(k)) for r in rows}))
+    return [k for k in varying if k != swept]
+
+
 def plot_lines(path: Path, rows: Sequence[dict[str, Any]], x: str, ys: Iterable[str],
                group_by: Sequence[str] = (), log_x: bool = False, title: str = "") -> Path:
     """One panel per y metric: y against x, one line per distinct ``group_by`` value."""
@@ -115,8 +137,8 @@ def plot_lines(path: Path, rows: Sequence[dict[str, Any]], x: str, ys: Iterable[
     import matplotlib.pyplot as plt
 
     ys = [y for y in ys if any(isinstance(r.get(y), (int, float)) for r in rows)]
-    fig, axes = plt.subplots(1, max(1, len(ys)), figsize=(4.5 * max(1, len(ys)), 3.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(ys)), figsize=(4.5 * max(1, len(ys)), 3.8),
+                             squeeze=False, layout="constrained")
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         label = ", ".join(f"{k}={r.get(k)}" for k in group_by) or "all"
@@ -132,11 +154,11 @@ def plot_lines(path: Path, rows: Sequence[dict[str, Any]], x: str, ys: Iterable[
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.grid(alpha=0.3)
-    if len(groups) > 1:
-        axes[0][0].legend(fontsize=7)
+    if len(groups) > 1:  # below the panels, so it never hides a curve
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
