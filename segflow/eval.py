@@ -205,6 +205,9 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
             "run_dir": str(run_folder(cfg.run_dir)), "model": stored.model.get("name"),
             "data": data_name, "split": cfg.split, "which": cfg.which, "weights": cfg.weights,
             "seed": cfg.seed, "settings": settings, "n_images": len(rows), **meta,
+            # where the images and labels are (for notebooks showing predictions beside truth)
+            "split_dir": str(datamodule.split_dirs[cfg.split]), "image_dir": datamodule.image_dir,
+            "label_dir": datamodule.label_dir,
             "metrics": results})
         write_csv(out / "per_image.csv", rows, columns_of(rows, ["name", *TABLE_METRICS]))
         _print_table(f"{stored.model.get('name')} on {data_name}/{cfg.split} {settings or ''} "
@@ -212,7 +215,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
                      ["images", *[k for k in TABLE_METRICS if k in results]])
     if len(combos) > 1 and trainer.global_rank == 0:
         write_grid(root / f"grid_{settings_tag(cfg.split, {}, other_data, cfg.which, cfg.weights)}",
-                   summaries, list(combos[0]))
+                   summaries, list(base.sampling_keys))
     return summaries
 
 

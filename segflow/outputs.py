@@ -92,12 +92,14 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
-    """CSV → rows, numbers parsed back to float (int-valued stay float)."""
+    """CSV → rows, numbers parsed back to int or float (other cells stay strings)."""
     def parse(v: str) -> Any:
-        try:
-            return float(v)
-        except ValueError:
-            return v
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
 
     with Path(path).open(newline="") as f:
         return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]

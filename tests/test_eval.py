@@ -72,7 +72,7 @@ def test_quality_cost_grid_over_a_generative_models_settings(tiny_runs):
                         + (["0008_uncertainty.png"] if n == 2 else []))  # max_images=1
     plot = cv2.imread(str(run / "eval" / "grid_test" / "dice_vs_nfe.png"))
     assert plot is not None and plot.shape[1] > 300
-    assert "| steps | n_samples | solver | dice |" in (run / "eval" / "grid_test" / "grid.md").read_text()
+    assert "| n_samples | steps | solver | dice |" in (run / "eval" / "grid_test" / "grid.md").read_text()
 
 
 def _compose(overrides):
