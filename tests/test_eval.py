@@ -132,3 +132,19 @@ def test_bad_grid_key_stops_before_evaluating(tiny_runs, tmp_path):
     with pytest.raises(ConfigError, match="grid.steps is not a sampling setting of this model"):
         evaluate(cfg)
     assert not any(p.name != "logs" for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_ddp_eval_on_two_cpu_processes_equals_single_process(tiny_runs, tmp_path):
+    run = tiny_runs.get("unet")
+    results = {}
+    for name, extra in (("single", []), ("ddp", ["trainer.devices=2", "trainer.strategy=ddp"])):
+        proc = run_entry("segflow.eval", [f"run_dir={run}", "trainer=cpu", f"output_dir={tmp_path / name}",
+                                          *extra], tiny_runs.workdir)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        results[name] = json.loads((tmp_path / name / "test" / "metrics.json").read_text())
+        assert [r["name"] for r in _rows(tmp_path / name / "test" / "per_image.csv")] == [
+            "0008.png", "0009.png"]  # rows of both ranks gathered, each image once
+    for key, value in results["single"]["metrics"].items():
+        if key != "seconds_per_image":
+            assert results["ddp"]["metrics"][key] == pytest.approx(value, abs=1e-6), key
