@@ -5,7 +5,7 @@ BG      ?= 0
 PORT    ?= 6006
 MODE    ?= quick
 
-.PHONY: install train test test-slow lint tensorboard bench clean
+.PHONY: install train test test-slow lint tensorboard bench report clean
 
 install:  ## create .venv and install segflow with its dev tools
 	python3 -m venv .venv
@@ -19,6 +19,9 @@ test:  ## the test suite CI runs (no slow, no gpu)
 
 test-slow:  ## the slow tests (overfit checks, long runs)
 	$(PY) -m pytest -m "slow" -q
+
+report:  ## comparison table + plots of runs (RUNS="outputs/multirun/<sweep>/<time> ..." [OUT=dir])
+	$(PY) -m segflow.report $(or $(RUNS),$(error set RUNS to run folders or a multirun folder)) $(if $(OUT),--out $(OUT))
 
 lint:
 	$(PY) -m ruff check segflow tests
