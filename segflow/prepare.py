@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.check and not args.dest:
+        parser.error("give a destination folder (or --check to validate only)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = {k: getattr(args, k) for k in ("subset", "projection", "label", "n_train",
                                              "test_fraction")}
@@ -59,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"OK: {args.source} is a valid {args.kind} dataset "
                   f"({', '.join(f'{n} {s}' for s, n in report['counts'].items())})")
             return 0
-        if not args.dest:
-            raise SystemExit("error: give a destination folder (or --check)")
         manifest = prepare(args.kind, args.source, args.dest, force=args.force, **options)
     except SegflowError as exc:
         print(f"error: {exc}", file=sys.stderr)

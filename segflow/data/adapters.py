@@ -4,8 +4,8 @@ Each adapter only *finds and pairs* files; decoding, validation and writing are 
 :mod:`segflow.data.prepare`. Adapters raise :class:`~segflow.errors.DataError` naming the
 file or folder and the fix when the layout is not what the dataset's download contains.
 
-Kinds: ``drive``, ``chase``, ``dca1`` (also the XCA "Angios" sets: ``N.png`` +
-``N_gt.png``; DCA1's ``N.pgm`` + ``N_gt.pgm``), ``xcad``, ``octa500``, ``folder``
+Kinds: ``drive``, ``chase``, ``dca1`` (alias ``angios``: the XCA "Angios" sets, ``N.png``
++ ``N_gt.png``, and DCA1's ``N.pgm`` + ``N_gt.pgm``), ``xcad``, ``octa500``, ``folder``
 (segflow's own layout, for ``--check`` or a re-validated copy).
 """
 
@@ -299,7 +299,7 @@ def folder(source: Path, image_dir: str = "image", label_dir: str = "label",
 
 
 ADAPTERS: dict[str, Callable[..., Found]] = {
-    "drive": drive, "chase": chase, "dca1": dca1, "xca": dca1, "angios": dca1,
+    "drive": drive, "chase": chase, "dca1": dca1, "angios": dca1,
     "xcad": xcad, "octa500": octa500, "folder": folder,
 }
 
