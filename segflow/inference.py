@@ -1,12 +1,26 @@
-"""Whole-image inference helpers (pure torch): pad to the network's multiple, crop back."""
+"""Whole-image inference (pure torch): pad to the network's multiple and crop back, or a
+sliding window with Gaussian blending for images above a configured size.
+
+Public functions (also used by the eval / predict entry points):
+
+* :func:`predict_image` — the one to call: whole image or sliding window by size;
+* :func:`predict_whole` — pad to ``net.size_multiple``, predict, crop back;
+* :func:`predict_sliding` — overlapping tiles blended with a Gaussian weight map;
+* :func:`pad_to_multiple`, :func:`gaussian_weight`, :func:`tile_starts` — the pieces.
+"""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segflow.methods.base import Method, Prediction
+from segflow.methods.base import GenerativeMethod, Method, Prediction
+
+INFERENCE_KEYS = ("tile_size", "overlap", "max_whole_size", "sigma_scale", "tile_batch")
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
@@ -41,3 +55,147 @@ def predict_whole(method: Method, net: nn.Module, image: Tensor,
     pred = method.predict(net, padded, generator=generator)
     return Prediction(probs=_crop(pred.probs, hw), uncertainty=_crop(pred.uncertainty, hw),
                       samples=_crop(pred.samples, hw), nfe=pred.nfe)
+
+
+def gaussian_weight(tile: int, sigma_scale: float = 0.125, device: torch.device | None = None
+                    ) -> Tensor:
+    """(tile, tile) Gaussian importance map, peak 1 at the centre, σ = ``sigma_scale`` · tile.
+
+    Tile borders — where a network sees the least context — get little weight, so
+    overlapping tiles blend without seams (the weighting of MONAI's ``mode="gaussian"``).
+    Clamped away from 0 so every pixel keeps a positive total weight.
+    """
+    coords = torch.arange(tile, dtype=torch.float32, device=device) - (tile - 1) / 2
+    g = torch.exp(-0.5 * (coords / max(sigma_scale * tile, 1e-6)) ** 2)
+    w = g[:, None] * g[None, :]
+    return (w / w.max()).clamp_min(1e-3)
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of tiles of side ``tile`` covering [0, length) with at most ``stride``
+    between starts; the last tile ends exactly at ``length`` (``length >= tile``)."""
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - tile) / stride) + 1
+    return sorted({min(i * stride, length - tile) for i in range(n)})
+
+
+@torch.no_grad()
+def predict_sliding(method: Method, net: nn.Module, image: Tensor, tile_size: int,
+                    overlap: float = 0.25, sigma_scale: float = 0.125, tile_batch: int = 4,
+                    generator: torch.Generator | None = None) -> Prediction:
+    """Sliding-window prediction with Gaussian blending.
+
+    Tiles of ``tile_size`` (rounded up to ``net.size_multiple``) overlap by ``overlap``;
+    each output pixel is the Gaussian-weighted mean of the tiles covering it. For a
+    :class:`~segflow.methods.base.GenerativeMethod`, **one** noise field of the whole
+    image's size is drawn (from ``generator``) and each tile starts from its crop of it,
+    so overlapping tiles follow the same trajectory and agree where they meet.
+
+    Args:
+        image: (B, C, H, W) normalised images; smaller than a tile is padded (reflection).
+        tile_size: tile side in pixels.
+        overlap: fraction of a tile shared with its neighbour, in [0, 1).
+        sigma_scale: Gaussian σ as a fraction of the tile side.
+        tile_batch: tiles per network call (memory vs. speed).
+
+    Returns:
+        :class:`Prediction` at (H, W): ``probs`` (B, C_out, H, W); ``uncertainty`` and
+        ``samples`` (B, N, C_out, H, W) blended the same way when the method returns them.
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"inference.overlap must be in [0, 1), got {overlap}")
+    multiple = getattr(net, "size_multiple", 1)
+    tile = max(multiple, math.ceil(int(tile_size) / multiple) * multiple)
+    b, _, h, w = image.shape
+    # Pad to at least one tile, then to the multiple (a tile that fits is already aligned).
+    padded = image
+    if h < tile or w < tile:
+        ph, pw = max(0, tile - h), max(0, tile - w)
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        padded = F.pad(image, (0, pw, 0, ph), mode=mode)
+    H, W = padded.shape[-2:]
+    stride = max(1, int(round(tile * (1 - overlap))))
+    boxes = [(y, x) for y in tile_starts(H, tile, stride) for x in tile_starts(W, tile, stride)]
+
+    c_out = net.out_channels
+    noise = None
+    n = 1
+    if isinstance(method, GenerativeMethod):
+        n = int(method.n_samples)
+        noise = torch.randn((b, n, c_out, H, W), generator=generator, device=image.device,
+                            dtype=image.dtype)
+    weight = gaussian_weight(tile, sigma_scale, image.device)
+    acc: dict[str, Tensor] = {}
+    norm = torch.zeros((H, W), device=image.device)
+    nfe = 1
+    for k in range(0, len(boxes), max(1, int(tile_batch))):
+        chunk = boxes[k: k + max(1, int(tile_batch))]
+        tiles = torch.cat([padded[..., y: y + tile, x: x + tile] for y, x in chunk])  # (T·B, C, t, t)
+        kwargs: dict[str, Any] = {"generator": generator}
+        if noise is not None:
+            kwargs["noise"] = torch.cat([noise[..., y: y + tile, x: x + tile] for y, x in chunk]
+                                        ).reshape(len(chunk) * b * n, c_out, tile, tile)
+        pred = method.predict(net, tiles, **kwargs)
+        nfe = pred.nfe
+        parts = {"probs": pred.probs, "uncertainty": pred.uncertainty, "samples": pred.samples}
+        for name, value in parts.items():
+            if value is None:
+                continue
+            if name not in acc:
+                acc[name] = torch.zeros((b, *value.shape[1:-2], H, W), device=image.device,
+                                        dtype=torch.float32)
+            per_tile = value.float().reshape(len(chunk), b, *value.shape[1:])
+            for i, (y, x) in enumerate(chunk):
+                acc[name][..., y: y + tile, x: x + tile] += per_tile[i] * weight
+        for y, x in chunk:
+            norm[y: y + tile, x: x + tile] += weight
+    out = {name: (v / norm)[..., :h, :w] for name, v in acc.items()}
+    return Prediction(probs=out["probs"], uncertainty=out.get("uncertainty"),
+                      samples=out.get("samples"), nfe=nfe)
+
+
+def check_inference(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate inference settings (``model.inference`` / ``data.inference``).
+
+    Raises:
+        ValueError: an unknown key or an impossible value, naming it.
+    """
+    # Plain Python values (checkpoint hyper-parameters load with weights_only=True).
+    s = {str(k): v for k, v in dict(settings or {}).items() if v is not None}
+    unknown = sorted(set(s) - set(INFERENCE_KEYS))
+    if unknown:
+        raise ValueError(f"inference settings have unknown keys {unknown}; valid: {list(INFERENCE_KEYS)}")
+    if s.get("max_whole_size") is not None and s.get("tile_size") is None:
+        raise ValueError("inference.max_whole_size is set but inference.tile_size is not; "
+                         "set the sliding-window tile side (e.g. the training crop data.image_size)")
+    if s.get("tile_size") is not None and int(s["tile_size"]) < 1:
+        raise ValueError(f"inference.tile_size must be >= 1, got {s['tile_size']}")
+    if not 0 <= float(s.get("overlap", 0.25)) < 1:
+        raise ValueError(f"inference.overlap must be in [0, 1), got {s['overlap']}")
+    return s
+
+
+def predict_image(method: Method, net: nn.Module, image: Tensor,
+                  generator: torch.Generator | None = None, tile_size: int | None = None,
+                  overlap: float = 0.25, max_whole_size: int | None = None,
+                  sigma_scale: float = 0.125, tile_batch: int = 4) -> Prediction:
+    """Segment images of any size: whole (padded) when ``max(H, W) <= max_whole_size``
+    (or ``max_whole_size`` is None), else a Gaussian-blended sliding window of
+    ``tile_size`` tiles (``max_whole_size: 0`` always tiles).
+
+    Args:
+        image: (B, C, H, W) normalised images.
+        generator: reproducible sampling for generative methods.
+        tile_size, overlap, sigma_scale, tile_batch: see :func:`predict_sliding`.
+        max_whole_size: largest image side predicted in one pass.
+
+    Returns:
+        :class:`Prediction` at the input's (H, W).
+    """
+    if max_whole_size is None or max(image.shape[-2:]) <= int(max_whole_size):
+        return predict_whole(method, net, image, generator)
+    if tile_size is None:
+        raise ValueError("inference.tile_size is needed when images exceed max_whole_size")
+    return predict_sliding(method, net, image, int(tile_size), overlap, sigma_scale, tile_batch,
+                           generator)

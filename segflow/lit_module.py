@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from segflow.callbacks.ema import EMA
-from segflow.inference import predict_whole
+from segflow.inference import check_inference, predict_image
 from segflow.methods.base import Method, Prediction
 from segflow.metrics import EvalMetrics, VesselMetrics
 
@@ -46,6 +46,11 @@ class SegModule(pl.LightningModule):
         ema_decay: keep an exponential moving average of the weights with this decay
             (e.g. 0.9999 for generative models); validation, test and checkpoints use
             the averaged weights. None disables it.
+        inference: how whole images are predicted — keys of
+            :func:`segflow.inference.predict_image` (``tile_size``, ``overlap``,
+            ``max_whole_size``, ``sigma_scale``, ``tile_batch``). Empty: pad to the
+            network's multiple and predict in one pass. The training config passes the
+            dataset's ``data.inference`` here.
     """
 
     def __init__(self, net: nn.Module, method: Method, name: str = "model",
@@ -53,7 +58,8 @@ class SegModule(pl.LightningModule):
                  betas: tuple[float, float] = (0.9, 0.999), warmup: float = 0.05,
                  scheduler: str = "cosine", min_lr_ratio: float = 0.01, threshold: float = 0.5,
                  log_image_enabled: bool = True, log_image_names: list[str] | tuple = (),
-                 num_log_images: int = 4, ema_decay: float | None = None):
+                 num_log_images: int = 4, ema_decay: float | None = None,
+                 inference: dict[str, Any] | None = None):
         super().__init__()
         method.check_net(net)
         if scheduler not in ("cosine", "constant"):
@@ -62,11 +68,13 @@ class SegModule(pl.LightningModule):
         # Plain Python types only in hyper-parameters (checkpoints load with weights_only=True).
         betas = (float(betas[0]), float(betas[1]))
         log_image_names = [str(n) for n in (log_image_names or [])]
+        inference = check_inference(inference)
         self.save_hyperparameters(ignore=["net", "method"])
         self.log_image_enabled = log_image_enabled
         self.log_image_names = log_image_names
         self.num_log_images = num_log_images
         self.ema_decay = ema_decay
+        self.inference = inference
         self.val_metrics = VesselMetrics(threshold)
         self.test_metrics = EvalMetrics(threshold)
         self.test_results: dict[str, float] = {}
@@ -79,8 +87,9 @@ class SegModule(pl.LightningModule):
 
     # -- steps --------------------------------------------------------------------------
     def forward(self, image: Tensor) -> Prediction:
-        """Segment whole images (B, C, H, W) of any size with the method's current settings."""
-        return predict_whole(self.method, self.net, image)
+        """Segment whole images (B, C, H, W) of any size with the method's current settings
+        (one pass, or a sliding window above ``inference.max_whole_size``)."""
+        return predict_image(self.method, self.net, image, **self.inference)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.method.loss(self.net, batch["image"], batch["mask"], batch.get("valid"))

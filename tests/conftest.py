@@ -26,9 +26,8 @@ def shared_data_dir() -> Path | None:
     return p if p.is_dir() else None
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    """Skip (or fail in CI, where SEGFLOW_REQUIRE_SHARED_DATA=1) when the real data is absent."""
+def require_shared_data() -> Path:
+    """The shared real data; skip (or fail in CI, where SEGFLOW_REQUIRE_SHARED_DATA=1) when absent."""
     p = shared_data_dir()
     if p is None:
         msg = "../shared/data (the real public datasets) is not present in this clone"
@@ -36,6 +35,12 @@ def shared_data() -> Path:
             pytest.fail(msg + " but SEGFLOW_REQUIRE_SHARED_DATA=1 requires it")
         pytest.skip(msg)
     return p
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """See :func:`require_shared_data`."""
+    return require_shared_data()
 
 
 @pytest.fixture
@@ -69,7 +74,8 @@ def train(workdir: Path):
         before = set(run_dirs(workdir))
         flags = [o for o in overrides if o.startswith("-")]  # e.g. -m must precede the overrides
         rest = [o for o in overrides if not o.startswith("-")]
-        tiny = [t for t in TINY if "data=folder" not in rest or not t.startswith("data.synthetic")]
+        real = any(o.startswith("data=") and not o.startswith("data=synthetic") for o in rest)
+        tiny = [t for t in TINY if not (real and t.startswith("data.synthetic"))]
         proc = run_entry("segflow.train", [*flags, *tiny, "trainer=debug", *rest], workdir)
         if expect_ok:
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -113,3 +119,24 @@ def tiny_runs(tmp_path_factory) -> TinyRuns:
     (work / "outputs").mkdir()
     (work / "data").mkdir()
     return TinyRuns(work)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """``prepared(kind, native_subfolder, **options)`` → a folder-layout copy of a shared
+    dataset, made once per test session with ``segflow.prepare`` (skips/fails like
+    ``shared_data`` when the real data is absent)."""
+    cache: dict[tuple, Path] = {}
+
+    def _prepare(kind: str, native: str, **options) -> Path:
+        src = require_shared_data()
+        key = (kind, native, tuple(sorted(options.items())))
+        if key not in cache:
+            from segflow.data.prepare import prepare
+
+            dest = tmp_path_factory.mktemp("prepared") / f"{kind}_{len(cache)}"
+            prepare(kind, src / native, dest, **options)
+            cache[key] = dest
+        return cache[key]
+
+    return _prepare

@@ -19,6 +19,7 @@ from segflow.data.datasets import (
     collate_crops,
     load_split,
 )
+from segflow.data.intensity import check_intensity, normalise_intensity
 from segflow.data.synthetic import ensure_synthetic
 from segflow.data.transforms import build_train_transform
 from segflow.errors import DataError
@@ -62,6 +63,13 @@ class SegDataModule(pl.LightningDataModule):
             None = on when CUDA is available).
         augment: see :func:`segflow.data.transforms.build_train_transform`.
         mean, std: intensity normalisation ``(x - mean) / std`` of [0, 1] images.
+        intensity: per-image normalisation at load time, inside the FOV: ``stretch``
+            ([low, high] percentiles → [0, 1]), ``clahe`` (CLAHE clip limit, e.g. 2.0),
+            ``clahe_tiles`` (see :func:`segflow.data.intensity.normalise_intensity`).
+        inference: how the model predicts whole images (tile size, overlap, largest
+            whole image): not used by the datamodule itself; the training config hands it
+            to the model (``model.inference: ${data.inference}``), so each dataset can say
+            when its images need a sliding window. See :func:`segflow.inference.predict_image`.
         val_fraction, split_seed: the held-out split when there is no val folder.
         synthetic: when set, ``{kind, seed, image_size, n_train, n_val, n_test, options}``
             of a procedural dataset written once to ``root`` (see ``segflow.data.synthetic``).
@@ -74,6 +82,7 @@ class SegDataModule(pl.LightningDataModule):
                  num_samples_per_image: int = 4, val_bs: int = 1, num_workers: int = 2,
                  pin_memory: bool | None = None, persistent_workers: bool = True,
                  augment: dict[str, Any] | None = None, mean: float = 0.5, std: float = 0.5,
+                 intensity: dict[str, Any] | None = None, inference: dict[str, Any] | None = None,
                  val_fraction: float = 0.1, split_seed: int = 0,
                  synthetic: dict[str, Any] | None = None):
         super().__init__()
@@ -98,6 +107,8 @@ class SegDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.augment = dict(augment or {})
         self.mean, self.std = mean, std
+        self.intensity = check_intensity(intensity)
+        self.inference = dict(inference or {})
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.synthetic = dict(synthetic) if synthetic else None
         self._splits: dict[str, list[Sample]] = {}
@@ -135,6 +146,9 @@ class SegDataModule(pl.LightningDataModule):
             return self._splits["test"]
         self._splits[split] = load_split(folder, self.image_dir, self.label_dir, self.fov_dir,
                                          self.channels, self.gray_from)
+        if self.intensity:
+            for s in self._splits[split]:
+                s.image = normalise_intensity(s.image, s.fov, **self.intensity)
         log.info("%s: %d images from %s", split, len(self._splits[split]), folder)
         return self._splits[split]
 

@@ -87,14 +87,26 @@ def read_image(path: str | Path, channels: int = 1, gray_from: str = "luma") -> 
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a binary mask as uint8 (H, W) in {0, 1}.
 
-    Masks may be 0/1, 0/255 or 0/65535, gray or colour (any non-zero channel counts).
+    Masks may be 0/1, 0/255 or 0/65535, gray or colour (any non-zero channel counts);
+    any mask with exactly two levels is binary (the higher one is foreground).
     A non-binary mask (e.g. anti-aliased or JPEG-compressed) is thresholded at half its
     range, with a warning that counts the pixels that were neither 0 nor the maximum.
     """
+    return read_mask_counted(path)[0]
+
+
+def read_mask_counted(path: str | Path) -> tuple[np.ndarray, int]:
+    """:func:`read_mask` that also returns how many pixels were neither 0 nor the maximum
+    (0 for a clean binary mask), so callers such as ``segflow.prepare`` can report it."""
     path = Path(path)
     arr = _decode(path)
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
+    values = np.unique(arr)
+    if len(values) == 2 and values[0] < values[1] and values[1] > 1:
+        # Two levels are binary whatever they are: palette GIFs such as DRIVE's second
+        # observer store background/vessel as (4, 2, 4) / (252, 254, 252).
+        return (arr == values[1]).astype(np.uint8), 0
     if arr.dtype == np.uint8:
         top = 255 if arr.max() > 1 else 1
     elif arr.dtype == np.uint16:
@@ -108,7 +120,7 @@ def read_mask(path: str | Path) -> np.ndarray:
             "mask %s is not binary: %d pixels are neither 0 nor %s; thresholded at %s",
             path, off, top, top / 2,
         )
-    return (arr > top / 2).astype(np.uint8)
+    return (arr > top / 2).astype(np.uint8), off
 
 
 def list_images(folder: Path) -> dict[str, Path]:
@@ -128,3 +140,13 @@ def list_images(folder: Path) -> dict[str, Path]:
             )
         found[p.stem] = p
     return found
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """Decode a file to its raw pixel array (H, W) or (H, W, C) in RGB(A) order, keeping
+    the file's dtype (uint8, uint16, ...): what ``segflow.prepare`` re-writes losslessly.
+
+    Raises:
+        DataError: the file is missing, corrupt or not an image.
+    """
+    return _decode(Path(path))
