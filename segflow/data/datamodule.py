@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segflow.data.datasets import RandomCropDataset, Sample, WholeImageDataset, collate_crops, load_split
 from segflow.data.synthetic import ensure_synthetic
@@ -33,6 +33,48 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.length, self.world_size))
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Training sampler: a seeded shuffle per epoch, sharded over DDP ranks, that also hands
+    each item its augmentation seed.
+
+    Epoch *e* is the permutation ``default_rng([seed, e])`` of the images, padded by
+    repetition to a multiple of ``world_size`` (as ``DistributedSampler`` pads); rank *r*
+    takes positions r, r+W, r+2W, … and yields ``(index, item_seed)`` with ``item_seed``
+    derived from (seed, epoch, position). So the training stream is a pure function of
+    the run seed and the epoch — independent of the number of DataLoader workers, of
+    the global RNG, and of where a resumed run restarted — which is what makes a run
+    resumed from ``last.ckpt`` end with the same weights as an uninterrupted one.
+    Lightning calls :meth:`set_epoch` before each epoch (also after a resume).
+    """
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True):
+        if length < 1:
+            raise ValueError(f"EpochSampler needs at least one item, got length {length}")
+        self.length, self.seed, self.rank, self.world_size = length, int(seed), rank, world_size
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _stream(self) -> np.ndarray:
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
+                 if self.shuffle else np.arange(self.length))
+        total = len(self) * self.world_size
+        return np.resize(order, total)  # repeats from the start to pad the last round
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self._stream()
+        positions = range(self.rank, len(order), self.world_size)
+        # One independent 32-bit seed per (run seed, epoch, position).
+        seeds = np.random.SeedSequence([self.seed, self.epoch]).generate_state(len(order))
+        return iter([(int(order[p]), int(seeds[p])) for p in positions])
+
+    def __len__(self) -> int:
+        return -(-self.length // self.world_size)
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -59,6 +101,9 @@ class SegDataModule(pl.LightningDataModule):
         val_fraction, split_seed: the held-out split when there is no val folder.
         synthetic: when set, ``{kind, seed, image_size, n_train, n_val, n_test, options}``
             of a procedural dataset written once to ``root`` (see ``segflow.data.synthetic``).
+        seed: the training stream's seed (shuffle and augmentation, see
+            :class:`EpochSampler`); ``segflow.train`` passes the run's ``seed``. None: the
+            torch seed when the loader is built (``seed_everything`` sets it).
     """
 
     def __init__(self, name: str = "folder", root: str | None = None, train_dir: str | None = None,
@@ -69,7 +114,7 @@ class SegDataModule(pl.LightningDataModule):
                  pin_memory: bool | None = None, persistent_workers: bool = True,
                  augment: dict[str, Any] | None = None, mean: float = 0.5, std: float = 0.5,
                  val_fraction: float = 0.1, split_seed: int = 0,
-                 synthetic: dict[str, Any] | None = None):
+                 synthetic: dict[str, Any] | None = None, seed: int | None = None):
         super().__init__()
         if root is None and train_dir is None:
             raise DataError("no data location: set data.root (a folder with train/ val/ test/) "
@@ -94,6 +139,7 @@ class SegDataModule(pl.LightningDataModule):
         self.mean, self.std = mean, std
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.synthetic = dict(synthetic) if synthetic else None
+        self.seed = seed
         self._splits: dict[str, list[Sample]] = {}
         build_train_transform(image_size, self.augment)  # fail on bad augment keys now, not in setup
 
@@ -163,9 +209,9 @@ class SegDataModule(pl.LightningDataModule):
         dataset = RandomCropDataset(samples, build_train_transform(self.image_size, self.augment),
                                     self.num_samples_per_image, self.mean, self.std)
         rank, world = self._dist()
-        sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=self.split_seed)
-                   if world > 1 else None)
-        return self._loader(dataset, self.train_bs, sampler, sampler is None, collate_crops)
+        seed = self.seed if self.seed is not None else torch.initial_seed()
+        sampler = EpochSampler(len(dataset), seed, rank, world)
+        return self._loader(dataset, self.train_bs, sampler, False, collate_crops)
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = WholeImageDataset(self._load(split), self.mean, self.std)

@@ -1,0 +1,148 @@
+"""Callbacks that make stopping and resuming lossless: RNG state in checkpoints, and
+``last.ckpt`` written when the run is stopped with SIGTERM (``kill``) or Ctrl+C."""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+
+class RNGState(Callback):
+    """Saves the global random generators (torch, CUDA, NumPy, Python) in every checkpoint
+    and restores them when training resumes, so noise drawn after the resume (diffusion
+    and flow-matching training, dropout, the DataLoader's base seed) continues the
+    sequence the uninterrupted run would have drawn. Lightning itself saves no RNG state.
+
+    Restored only by ``fit`` (testing or evaluating a checkpoint leaves the generators
+    alone). Each rank saves and restores its own state under its rank's key.
+    """
+
+    def __init__(self) -> None:
+        self._rank = 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._rank = trainer.global_rank
+
+    def state_dict(self) -> dict[str, Any]:
+        # Tensors and plain Python only: checkpoints must load with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        # Only rank 0's checkpoint is written: keep every rank's state in it.
+        gathered = _all_gather_object(state)
+        return {"ranks": gathered}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pending = getattr(self, "_pending", None)
+        self._pending = None
+        if not pending:
+            return
+        ranks = pending.get("ranks", [])
+        if trainer.global_rank >= len(ranks):
+            log.warning("checkpoint holds RNG states of %d rank(s); rank %d keeps its seed",
+                        len(ranks), trainer.global_rank)
+            return
+        state = ranks[trainer.global_rank]
+        torch.set_rng_state(state["torch"])
+        npst = state["numpy"]
+        np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                             npst["has_gauss"], npst["gauss"]))
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _all_gather_object(obj: Any) -> list[Any]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        out: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+class InterruptCheckpoint(Callback):
+    """On SIGTERM (``kill PID``, a scheduler's pre-emption) or Ctrl+C, finish the current
+    optimiser step, write ``<checkpoint dir>/last.ckpt`` and stop.
+
+    SIGTERM goes through Lightning's own handler (every rank stops at the same step, so
+    the collective save works under DDP). Ctrl+C is turned into the same graceful stop:
+    a second Ctrl+C interrupts at once (then only a single-process run is saved).
+
+    Attributes:
+        signum: the signal that stopped the run (None while running).
+        saved: the checkpoint written on the stop (None if none).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.saved: Path | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning installed its SIGTERM handler before this hook; route SIGINT into it.
+        # (Lightning restores the previous SIGINT handler when the run ends.)
+        try:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread (e.g. a thread-based launcher)
+            pass
+        term = signal.getsignal(signal.SIGTERM)
+        if callable(term):
+            def _on_sigterm(signum: int, frame: Any) -> None:
+                self.signum = self.signum or signum
+                term(signum, frame)
+            try:
+                signal.signal(signal.SIGTERM, _on_sigterm)
+            except ValueError:
+                pass
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # second Ctrl+C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("Ctrl+C: finishing this step, writing last.ckpt, then stopping "
+                    "(Ctrl+C again stops at once)")
+        term = signal.getsignal(signal.SIGTERM)
+        if callable(term):
+            term(signum, frame)
+        else:  # no Lightning handler (should not happen): fall back to an immediate stop
+            raise KeyboardInterrupt
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        if trainer.state.fn != "fit":
+            return
+        if not isinstance(exception, SIGTERMException | KeyboardInterrupt):
+            return
+        if isinstance(exception, KeyboardInterrupt) and trainer.world_size > 1:
+            log.warning("interrupted at once under DDP: ranks are not at the same step, so "
+                        "no last.ckpt is written (the previous one is kept)")
+            return
+        ckpt_cb = trainer.checkpoint_callback
+        dirpath = getattr(ckpt_cb, "dirpath", None) or Path(trainer.default_root_dir, "checkpoints")
+        path = Path(dirpath) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        if ckpt_cb is not None and hasattr(ckpt_cb, "last_model_path"):
+            ckpt_cb.last_model_path = str(path)
+        self.saved = path
+        if trainer.is_global_zero:
+            log.warning("stopped at epoch %d, step %d: wrote %s", trainer.current_epoch,
+                        trainer.global_step, path)
