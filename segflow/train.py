@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from segflow.callbacks.resume import InterruptCheckpoint, RNGState
+from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
 from segflow.config import build_many
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError
@@ -100,7 +100,7 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     module = instantiate(cfg.model)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     interrupt = InterruptCheckpoint()
-    callbacks = [*build_many(cfg.get("callbacks")), RNGState(), interrupt]
+    callbacks = [*build_many(cfg.get("callbacks")), ExactResume(), interrupt]
     loggers = build_many(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       default_root_dir=str(run_dir))

@@ -1,5 +1,6 @@
-"""Callbacks that make stopping and resuming lossless: RNG state in checkpoints, and
-``last.ckpt`` written when the run is stopped with SIGTERM (``kill``) or Ctrl+C."""
+"""Callbacks that make stopping and resuming lossless: RNG state in checkpoints and the
+right data order after a resume (:class:`ExactResume`), and ``last.ckpt`` written when the
+run is stopped with SIGTERM (``kill``) or Ctrl+C (:class:`InterruptCheckpoint`)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,19 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 log = logging.getLogger(__name__)
 
 
-class RNGState(Callback):
-    """Saves the global random generators (torch, CUDA, NumPy, Python) in every checkpoint
-    and restores them when training resumes, so noise drawn after the resume (diffusion
-    and flow-matching training, dropout, the DataLoader's base seed) continues the
-    sequence the uninterrupted run would have drawn. Lightning itself saves no RNG state.
+class ExactResume(Callback):
+    """Makes a run resumed from an end-of-epoch checkpoint continue exactly as the
+    uninterrupted run would have (bit-exact weights on CPU).
 
-    Restored only by ``fit`` (testing or evaluating a checkpoint leaves the generators
-    alone). Each rank saves and restores its own state under its rank's key.
+    * Saves the global random generators (torch, CUDA, NumPy, Python) of every rank in
+      each checkpoint and restores them when training resumes, so noise drawn after the
+      resume (diffusion / flow-matching losses, dropout) continues the same sequence.
+      Lightning itself saves no RNG state. Restored only by ``fit``, just before the
+      first training epoch (testing a checkpoint leaves the generators alone).
+    * Restarts the training iterator when its sampler began an epoch other than the
+      current one: Lightning builds that iterator before restoring the epoch counter, and
+      with DataLoader workers the epoch-0 order is already being prefetched (see
+      :class:`segflow.data.datamodule.EpochSampler`).
     """
 
     def __init__(self) -> None:
@@ -52,7 +58,9 @@ class RNGState(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After every restore (some strategies restore after on_fit_start), before epoch 1.
+        self._restart_stale_train_iterator(trainer)
         pending = getattr(self, "_pending", None)
         self._pending = None
         if not pending:
@@ -70,6 +78,21 @@ class RNGState(Callback):
         random.setstate(state["python"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+    @staticmethod
+    def _restart_stale_train_iterator(trainer: pl.Trainer) -> None:
+        loader = trainer.train_dataloader
+        sampler = getattr(loader, "sampler", None)
+        started = getattr(sampler, "started_epoch", None)
+        if started is None or started == trainer.current_epoch:
+            return
+        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)  # Lightning internals
+        if fetcher is None:
+            log.warning("cannot restart the training iterator after resume: epoch %d will "
+                        "see the data order of epoch %d", trainer.current_epoch, started)
+            return
+        iter(fetcher)  # a fresh iterator: the sampler now reads the restored epoch
 
 
 def _all_gather_object(obj: Any) -> list[Any]:
@@ -140,8 +163,6 @@ class InterruptCheckpoint(Callback):
         dirpath = getattr(ckpt_cb, "dirpath", None) or Path(trainer.default_root_dir, "checkpoints")
         path = Path(dirpath) / "last.ckpt"
         trainer.save_checkpoint(path)
-        if ckpt_cb is not None and hasattr(ckpt_cb, "last_model_path"):
-            ckpt_cb.last_model_path = str(path)
         self.saved = path
         if trainer.is_global_zero:
             log.warning("stopped at epoch %d, step %d: wrote %s", trainer.current_epoch,

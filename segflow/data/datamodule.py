@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,31 +46,35 @@ class EpochSampler(Sampler[tuple[int, int]]):
     the run seed and the epoch — independent of the number of DataLoader workers, of
     the global RNG, and of where a resumed run restarted — which is what makes a run
     resumed from ``last.ckpt`` end with the same weights as an uninterrupted one.
-    Lightning calls :meth:`set_epoch` before each epoch (also after a resume).
+
+    The epoch is read from ``epoch_source`` (the trainer's ``current_epoch``) when the
+    iteration starts (without it, :meth:`set_epoch` sets it); ``started_epoch`` records
+    it. Lightning creates the first iterator before it restores a checkpoint's epoch, and
+    DataLoader workers prefetch at once, so after a resume that iterator is for epoch 0:
+    :class:`segflow.callbacks.ExactResume` sees the stale ``started_epoch`` and restarts it.
     """
 
     def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
+                 shuffle: bool = True, epoch_source: Callable[[], int] | None = None):
         if length < 1:
             raise ValueError(f"EpochSampler needs at least one item, got length {length}")
         self.length, self.seed, self.rank, self.world_size = length, int(seed), rank, world_size
-        self.shuffle = shuffle
+        self.shuffle, self.epoch_source = shuffle, epoch_source
         self.epoch = 0
+        self.started_epoch: int | None = None  # the epoch of the latest iteration
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _stream(self) -> np.ndarray:
-        order = (np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
-                 if self.shuffle else np.arange(self.length))
-        total = len(self) * self.world_size
-        return np.resize(order, total)  # repeats from the start to pad the last round
-
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = self._stream()
+        epoch = int(self.epoch_source()) if self.epoch_source is not None else self.epoch
+        self.started_epoch = epoch
+        order = (np.random.default_rng([self.seed, epoch]).permutation(self.length)
+                 if self.shuffle else np.arange(self.length))
+        order = np.resize(order, len(self) * self.world_size)  # pad by repeating, like DDP
+        # One independent 32-bit seed per (run seed, epoch, position in the epoch).
+        seeds = np.random.SeedSequence([self.seed, epoch]).generate_state(len(order))
         positions = range(self.rank, len(order), self.world_size)
-        # One independent 32-bit seed per (run seed, epoch, position).
-        seeds = np.random.SeedSequence([self.seed, self.epoch]).generate_state(len(order))
         return iter([(int(order[p]), int(seeds[p])) for p in positions])
 
     def __len__(self) -> int:
@@ -197,12 +201,19 @@ class SegDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None, shuffle: bool,
                 collate_fn: Any = None) -> DataLoader:
+        # Its own generator: creating an iterator draws a base seed from it, not from the
+        # global RNG — Lightning creates iterators at different moments in a resumed run, and
+        # the global RNG must then still match the uninterrupted run's.
+        seed = self.seed if self.seed is not None else torch.initial_seed()
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers and self.num_workers > 0,
-                          collate_fn=collate_fn)
+                          collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed))
 
     def train_dataloader(self) -> DataLoader:
         samples = self._load("train")
@@ -210,7 +221,7 @@ class SegDataModule(pl.LightningDataModule):
                                     self.num_samples_per_image, self.mean, self.std)
         rank, world = self._dist()
         seed = self.seed if self.seed is not None else torch.initial_seed()
-        sampler = EpochSampler(len(dataset), seed, rank, world)
+        sampler = EpochSampler(len(dataset), seed, rank, world, epoch_source=self._current_epoch)
         return self._loader(dataset, self.train_bs, sampler, False, collate_crops)
 
     def _eval_loader(self, split: str) -> DataLoader:

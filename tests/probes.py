@@ -1,0 +1,83 @@
+"""Callbacks that tests add to real runs with ``+callbacks.<name>._target_=tests.probes.X``:
+they record what each rank saw, or deliver a real signal / fault at a chosen point."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+
+class RankLossProbe(Callback):
+    """Writes ``<run>/probe_rank<r>.json``: this rank's own mean training loss per epoch and
+    the epoch value Lightning logged (``train/loss``, which must be the mean over ranks)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.record: dict[str, list[float]] = {"rank_mean": [], "logged": []}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.record["rank_mean"].append(sum(self.losses) / len(self.losses))
+        self.record["logged"].append(float(trainer.callback_metrics["train/loss"]))
+        self.losses = []
+        out = Path(trainer.default_root_dir) / f"probe_rank{trainer.global_rank}.json"
+        out.write_text(json.dumps({**self.record, "pid": os.getpid(),
+                                   "world_size": trainer.world_size}))
+
+
+class GradNoise(Callback):
+    """Adds N(0, scale²) noise from the *global* torch RNG to every gradient, standing in
+    for the noise a diffusion or flow-matching loss draws: a resumed run only matches an
+    uninterrupted one if the RNG state was restored."""
+
+    def __init__(self, scale: float = 1e-3) -> None:
+        self.scale = scale
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        for p in pl_module.parameters():
+            if p.grad is not None:
+                p.grad.add_(torch.randn_like(p.grad) * self.scale)
+
+
+class SignalAt(Callback):
+    """Sends ``signum`` to this process (a real ``kill``) when ``global_step`` reaches
+    ``step`` (after that step), or at the start of ``epoch`` when given."""
+
+    def __init__(self, signum: int, step: int | None = None, epoch: int | None = None) -> None:
+        self.signum, self.step, self.epoch = signum, step, epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.step is not None and trainer.global_step == self.step and trainer.global_rank == 0:
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.epoch is not None and trainer.current_epoch == self.epoch and trainer.global_rank == 0:
+            os.kill(os.getpid(), self.signum)
+
+
+class CudaOOM(Callback):
+    """Raises the exception PyTorch raises on CUDA out-of-memory, in the first step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+SIGKILL = int(signal.SIGKILL)
+
+
+
+class BatchTrace(Callback):
+    """Appends ``<step> <sum of the batch's images> <names>`` to ``<run>/batches.txt``."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with open(Path(trainer.default_root_dir) / "batches.txt", "a") as f:
+            f.write(f"{trainer.global_step} {float(batch['image'].double().sum()):.6f} "
+                    f"{','.join(batch['name'])}\n")
