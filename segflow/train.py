@@ -27,9 +27,10 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
 from segflow.config import build_many
@@ -73,6 +74,27 @@ def oom_advice(cfg: DictConfig, trainer: pl.Trainer | None = None) -> str:
     )
 
 
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer``; device/strategy combinations this machine cannot run
+    become one :class:`ConfigError` naming the keys (not a stack trace from Lightning)."""
+    t = cfg.trainer
+    strategy, accelerator = str(t.get("strategy", "auto")), str(t.get("accelerator", "auto"))
+    if strategy.startswith("fsdp") and accelerator not in ("gpu", "cuda"):
+        raise ConfigError(f"trainer=fsdp needs CUDA GPUs: Lightning runs FSDP on CUDA only "
+                          f"(got trainer.accelerator={accelerator}); on CPU use trainer=ddp "
+                          f"trainer.accelerator=cpu")
+    try:
+        return instantiate(t, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MisconfigurationException | ValueError) and not isinstance(cause, SegflowError):
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            raise ConfigError(f"the trainer settings (trainer.accelerator={accelerator}, "
+                              f"trainer.devices={t.get('devices')}, trainer.strategy={strategy}, "
+                              f"trainer.precision={t.get('precision')}) cannot run here: {first}") from exc
+        raise
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; returns the summary written to ``metrics.json``.
 
@@ -102,8 +124,8 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     interrupt = InterruptCheckpoint()
     callbacks = [*build_many(cfg.get("callbacks")), ExactResume(), interrupt]
     loggers = build_many(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      default_root_dir=str(run_dir))
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False,
+                            default_root_dir=str(run_dir))
 
     eff = effective_batch_size(cfg, trainer)
     log.info("run folder: %s", run_dir)
@@ -132,10 +154,15 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     best = getattr(ckpt_cb, "best_model_path", "") or ""
     last = Path(ckpt_cb.dirpath, "last.ckpt") if ckpt_cb is not None and ckpt_cb.dirpath else None
     test_ckpt = best or (str(last) if last is not None and last.is_file() else None)
+    epochs, step = trainer.current_epoch, trainer.global_step
+    if step == 0 and last is not None and last.is_file():
+        # ddp_spawn trained in other processes: this trainer's loops never advanced.
+        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        epochs, step = saved["epoch"] + 1, saved["global_step"]
     summary: dict[str, Any] = {
         "experiment": cfg.experiment_name, "fingerprint": fp, "resumed_from": ckpt_path,
         "model": cfg.model.name, "data": cfg.data.name,
-        "run_dir": str(run_dir), "epochs": trainer.current_epoch, "global_step": trainer.global_step,
+        "run_dir": str(run_dir), "epochs": epochs, "global_step": step,
         "fit_seconds": round(fit_seconds, 1), "effective_batch_size": eff,
         "best_checkpoint": best or None,
         "best_val_dice": float(ckpt_cb.best_model_score) if getattr(ckpt_cb, "best_model_score", None) is not None else None,

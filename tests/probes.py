@@ -14,20 +14,24 @@ from pytorch_lightning.callbacks import Callback
 
 
 class RankLossProbe(Callback):
-    """Writes ``<run>/probe_rank<r>.json``: this rank's own mean training loss per epoch and
-    the epoch value Lightning logged (``train/loss``, which must be the mean over ranks)."""
+    """Writes ``<run>/probe_rank<r>.json``: this rank's own mean training loss per epoch
+    (weighted by batch size, as Lightning weights epoch means) and the epoch value
+    Lightning logged as ``train/loss`` (which must be the mean over all ranks' batches)."""
 
     def __init__(self) -> None:
-        self.losses: list[float] = []
-        self.record: dict[str, list[float]] = {"rank_mean": [], "logged": []}
+        self.sum, self.count = 0.0, 0
+        self.record: dict[str, list[float]] = {"rank_mean": [], "rank_count": [], "logged": []}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(float(outputs["loss"]))
+        n = int(batch["image"].shape[0])
+        self.sum += float(outputs["loss"]) * n
+        self.count += n
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.record["rank_mean"].append(sum(self.losses) / len(self.losses))
+        self.record["rank_mean"].append(self.sum / self.count)
+        self.record["rank_count"].append(self.count)
         self.record["logged"].append(float(trainer.callback_metrics["train/loss"]))
-        self.losses = []
+        self.sum, self.count = 0.0, 0
         out = Path(trainer.default_root_dir) / f"probe_rank{trainer.global_rank}.json"
         out.write_text(json.dumps({**self.record, "pid": os.getpid(),
                                    "world_size": trainer.world_size}))
