@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +83,25 @@ def find_last_checkpoint(output_root: str | Path, experiment_name: str, fp: str)
     return max(candidates)[1] if candidates else None
 
 
+def slurm_requeued() -> bool:
+    """True in a SLURM job that was requeued (pre-emption, time-out with submitit)."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+
+
 def resolve_resume(cfg: DictConfig, output_root: str | Path) -> str | None:
     """The checkpoint to resume from: ``ckpt_path`` as given, or for ``resume=auto`` the
     newest matching ``last.ckpt`` (None when there is none yet: the run starts fresh).
+    A job that SLURM requeued resumes as with ``resume=auto`` unless told otherwise.
 
     Raises:
         ConfigError: an unknown ``resume`` value, or both ``resume`` and ``ckpt_path``.
     """
     resume = cfg.get("resume")
     ckpt_path = cfg.get("ckpt_path")
+    if resume in (None, False, "none", "null") and not ckpt_path and slurm_requeued():
+        log.info("SLURM requeued this job (SLURM_RESTART_COUNT=%s): resume=auto",
+                 os.environ["SLURM_RESTART_COUNT"])
+        resume = "auto"
     if resume in (None, False, "none", "null"):
         return str(ckpt_path) if ckpt_path else None
     if resume != "auto":

@@ -94,7 +94,7 @@ def test_fingerprint_ignores_placement_and_length_but_not_learning():
         assert fingerprint(_cfg(**other)) != fp, other
 
 
-def test_resume_auto_picks_newest_matching_run(tmp_path):
+def test_resume_auto_picks_newest_matching_run(tmp_path, monkeypatch):
     import os
     import time
 
@@ -119,6 +119,9 @@ def test_resume_auto_picks_newest_matching_run(tmp_path):
     assert resolve_resume(cfg, tmp_path) == str(new)
     assert resolve_resume(_cfg(resume="auto", seed=9), tmp_path) is None  # fresh start
     assert resolve_resume(_cfg(), tmp_path) is None
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued SLURM job resumes by itself
+    assert resolve_resume(_cfg(), tmp_path) == str(new)
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
     with pytest.raises(ConfigError, match="resume=auto"):
         resolve_resume(_cfg(resume="yes"), tmp_path)
     with pytest.raises(ConfigError, match="keep one"):
