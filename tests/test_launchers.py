@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import yaml
@@ -91,3 +93,31 @@ def test_optuna_sweep_runs_trials(train, workdir):
     assert all("best_val_dice" in json.loads((j / "metrics.json").read_text()) for j in jobs)
     assert "Best parameters" in proc.stdout + proc.stderr
     assert (jobs[0].parent / "optimization_results.yaml").is_file()
+
+
+def test_make_train_bg_detaches_and_logs_inside_the_run_folder(workdir):
+    import os
+    import subprocess
+    import time
+
+    from conftest import ROOT, TINY
+
+    env = {**os.environ, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
+           "SEGFLOW_DATA_DIR": str(workdir / "data"), "PY": sys.executable}
+    args = " ".join([*TINY, "trainer=debug", "trainer.max_epochs=2"])
+    out = subprocess.run(["make", "-s", "-C", str(ROOT), "train", "BG=1", f"ARGS={args}"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    pid, log = int(lines["PID"]), Path(lines["log"])
+    assert log.parent.parent == workdir / "outputs" / "runs" / "unet_synthetic_xca"
+    deadline = time.time() + 240
+    while time.time() < deadline and os.path.exists(f"/proc/{pid}") and \
+            "Z" not in open(f"/proc/{pid}/stat").read().split()[2]:
+        time.sleep(1)
+    run = run_dirs(workdir)
+    assert run == [log.parent]  # the folder printed before the start is the run's folder
+    assert json.loads((run[0] / "metrics.json").read_text())["global_step"] == 4
+    text = (run[0] / "train.log").read_text()
+    assert "epoch 1/2  step 2" in text and "epoch 2/2  step 4" in text  # one line per epoch
+    assert "metrics written" in (run[0] / "console.log").read_text()
