@@ -126,3 +126,14 @@ def test_resume_auto_picks_newest_matching_run(tmp_path, monkeypatch):
         resolve_resume(_cfg(resume="yes"), tmp_path)
     with pytest.raises(ConfigError, match="keep one"):
         resolve_resume(_cfg(resume="auto", ckpt_path=str(old)), tmp_path)
+
+
+@pytest.mark.slow
+def test_sigterm_under_ddp_stops_every_rank_with_one_last_ckpt(train):
+    proc, run = train("trainer.strategy=ddp", "trainer.devices=2", "trainer.max_epochs=3",
+                      "+callbacks.stop._target_=tests.probes.SignalAt",
+                      f"+callbacks.stop.signum={int(signal.SIGTERM)}", "+callbacks.stop.step=3",
+                      expect_ok=False)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 3
+    assert "[rank: 1] Received SIGTERM" in (run / "train_rank1.log").read_text()
