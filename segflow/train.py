@@ -87,7 +87,7 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
         return instantiate(t, **kwargs)
     except InstantiationException as exc:
         cause = exc.__cause__
-        if isinstance(cause, MisconfigurationException | ValueError) and not isinstance(cause, SegflowError):
+        if isinstance(cause, MisconfigurationException | ValueError | TypeError) and not isinstance(cause, SegflowError):
             first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
             raise ConfigError(f"the trainer settings (trainer.accelerator={accelerator}, "
                               f"trainer.devices={t.get('devices')}, trainer.strategy={strategy}, "

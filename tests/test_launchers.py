@@ -15,7 +15,7 @@ import yaml
 
 from segflow.distributed import env_global_rank
 
-from conftest import run_dirs, run_entry
+from conftest import CONF, run_dirs
 
 
 def _log_span(job) -> tuple[datetime, datetime]:
@@ -53,12 +53,15 @@ def test_submitit_local_runs_a_ddp_job(train, workdir):
     assert list(job.parent.glob(".submitit/*/*_log.out"))  # it went through submitit
 
 
-def test_slurm_and_optuna_configs_compose(workdir):
-    proc = run_entry("segflow.train", ["launcher=slurm", "sweeper=optuna", "slurm.partition=gpu",
-                                       "slurm.gpus_per_node=4", "slurm.nodes=2", "--cfg", "all"],
-                     workdir)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    cfg = yaml.safe_load(proc.stdout)
+def test_slurm_and_optuna_configs_compose():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        composed = compose("train", overrides=["launcher=slurm", "sweeper=optuna",
+                                               "slurm.partition=gpu", "slurm.gpus_per_node=4",
+                                               "slurm.nodes=2"], return_hydra_config=True)
+    cfg = OmegaConf.to_container(composed, resolve=False)
     launcher, sweeper = cfg["hydra"]["launcher"], cfg["hydra"]["sweeper"]
     assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
     for key in ["partition", "nodes", "gpus_per_node", "tasks_per_node", "timeout_min", "mem_gb",
@@ -95,6 +98,7 @@ def test_optuna_sweep_runs_trials(train, workdir):
     assert (jobs[0].parent / "optimization_results.yaml").is_file()
 
 
+@pytest.mark.slow  # two interpreter start-ups and a run: ~15 s CPU
 def test_make_train_bg_detaches_and_logs_inside_the_run_folder(workdir):
     import os
     import subprocess
