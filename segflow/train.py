@@ -188,7 +188,8 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
 
 
 @contextmanager
-def _stop_cleanly(cfg: DictConfig, trainer: pl.Trainer, interrupt: InterruptCheckpoint) -> Iterator[None]:
+def _stop_cleanly(cfg: DictConfig, trainer: pl.Trainer | None,
+                  interrupt: InterruptCheckpoint | None) -> Iterator[None]:
     """CUDA OOM → the guide's advice as one error; SIGTERM / Ctrl+C (``last.ckpt`` already
     written by :class:`InterruptCheckpoint`) → exit 128 + the signal number on rank 0, as a
     shell reports a killed program, and 0 on other DDP ranks (a non-zero child would make
@@ -198,11 +199,12 @@ def _stop_cleanly(cfg: DictConfig, trainer: pl.Trainer, interrupt: InterruptChec
     except torch.cuda.OutOfMemoryError as exc:
         raise OutOfMemoryAdvice(oom_advice(cfg, trainer)) from exc
     except SIGTERMException:
-        signum = interrupt.signum or signal.SIGTERM
-        if trainer.global_rank == 0:
-            where = f"{interrupt.saved} written" if interrupt.saved else "no checkpoint written"
+        signum = (interrupt.signum if interrupt else None) or signal.SIGTERM
+        saved = interrupt.saved if interrupt else None
+        if trainer is None or trainer.global_rank == 0:
+            where = f"{saved} written" if saved else "no checkpoint written"
             log.warning("stopped by %s: %s; continue with ckpt_path=%s or resume=auto",
-                        signal.Signals(signum).name, where, interrupt.saved or "<last.ckpt>")
+                        signal.Signals(signum).name, where, saved or "<last.ckpt>")
         sys.exit(0 if is_ddp_child() else 128 + int(signum))
 
 

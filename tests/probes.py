@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -65,23 +64,3 @@ class SignalAt(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.epoch is not None and trainer.current_epoch == self.epoch and trainer.global_rank == 0:
             os.kill(os.getpid(), self.signum)
-
-
-class CudaOOM(Callback):
-    """Raises the exception PyTorch raises on CUDA out-of-memory, in the first step."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-
-
-SIGKILL = int(signal.SIGKILL)
-
-
-
-class BatchTrace(Callback):
-    """Appends ``<step> <sum of the batch's images> <names>`` to ``<run>/batches.txt``."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        with open(Path(trainer.default_root_dir) / "batches.txt", "a") as f:
-            f.write(f"{trainer.global_step} {float(batch['image'].double().sum()):.6f} "
-                    f"{','.join(batch['name'])}\n")

@@ -108,8 +108,9 @@ class InterruptCheckpoint(Callback):
     optimiser step, write ``<checkpoint dir>/last.ckpt`` and stop.
 
     SIGTERM goes through Lightning's own handler (every rank stops at the same step, so
-    the collective save works under DDP). Ctrl+C is turned into the same graceful stop:
-    a second Ctrl+C interrupts at once (then only a single-process run is saved).
+    the collective save works under DDP). Ctrl+C is turned into the same graceful stop.
+    A second Ctrl+C interrupts at once, possibly inside an optimiser step, so nothing is
+    saved then (the previous ``last.ckpt``, from the end of an epoch, is kept).
 
     Attributes:
         signum: the signal that stopped the run (None while running).
@@ -153,11 +154,11 @@ class InterruptCheckpoint(Callback):
                      exception: BaseException) -> None:
         if trainer.state.fn != "fit":
             return
-        if not isinstance(exception, SIGTERMException | KeyboardInterrupt):
+        if isinstance(exception, KeyboardInterrupt):
+            log.warning("interrupted at once: no last.ckpt written (the weights may be half-way "
+                        "through a step); the previous last.ckpt is kept")
             return
-        if isinstance(exception, KeyboardInterrupt) and trainer.world_size > 1:
-            log.warning("interrupted at once under DDP: ranks are not at the same step, so "
-                        "no last.ckpt is written (the previous one is kept)")
+        if not isinstance(exception, SIGTERMException):
             return
         ckpt_cb = trainer.checkpoint_callback
         dirpath = getattr(ckpt_cb, "dirpath", None) or Path(trainer.default_root_dir, "checkpoints")
