@@ -52,15 +52,21 @@ class GradNoise(Callback):
 
 class SignalAt(Callback):
     """Sends ``signum`` to this process (a real ``kill``) when ``global_step`` reaches
-    ``step`` (after that step), or at the start of ``epoch`` when given."""
+    ``step`` (after that step), or at the start of ``epoch`` when given — from rank 0, or
+    from every rank with ``all_ranks`` (as ``scancel`` or Ctrl+C in a terminal do)."""
 
-    def __init__(self, signum: int, step: int | None = None, epoch: int | None = None) -> None:
-        self.signum, self.step, self.epoch = signum, step, epoch
+    def __init__(self, signum: int, step: int | None = None, epoch: int | None = None,
+                 all_ranks: bool = False) -> None:
+        self.signum, self.step, self.epoch, self.all_ranks = signum, step, epoch, all_ranks
+
+    def _fire(self, trainer: pl.Trainer) -> None:
+        if self.all_ranks or trainer.global_rank == 0:
+            os.kill(os.getpid(), self.signum)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.step is not None and trainer.global_step == self.step and trainer.global_rank == 0:
-            os.kill(os.getpid(), self.signum)
+        if self.step is not None and trainer.global_step == self.step:
+            self._fire(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.epoch is not None and trainer.current_epoch == self.epoch and trainer.global_rank == 0:
-            os.kill(os.getpid(), self.signum)
+        if self.epoch is not None and trainer.current_epoch == self.epoch:
+            self._fire(trainer)

@@ -143,11 +143,13 @@ def test_resume_auto_picks_newest_matching_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_sigterm_under_ddp_stops_every_rank_with_one_last_ckpt(train):
+@pytest.mark.parametrize("all_ranks", [False, True], ids=["kill-rank0", "kill-every-rank"])
+def test_sigterm_under_ddp_stops_every_rank_at_the_same_step(train, all_ranks):
     proc, run = train("trainer.strategy=ddp", "trainer.devices=2", "trainer.max_epochs=3",
                       "+callbacks.stop._target_=tests.probes.SignalAt",
                       f"+callbacks.stop.signum={int(signal.SIGTERM)}", "+callbacks.stop.step=3",
-                      expect_ok=False)
+                      f"+callbacks.stop.all_ranks={all_ranks}", expect_ok=False)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
     assert _load(run / "checkpoints" / "last.ckpt")["global_step"] == 3
-    assert "[rank: 1] Received SIGTERM" in (run / "train_rank1.log").read_text()
+    assert "stopped by SIGTERM" in (run / "train.log").read_text()
+    assert ("SIGTERM: finishing this step" in (run / "train_rank1.log").read_text()) == all_ranks

@@ -104,13 +104,17 @@ def _all_gather_object(obj: Any) -> list[Any]:
 
 
 class InterruptCheckpoint(Callback):
-    """On SIGTERM (``kill PID``, a scheduler's pre-emption) or Ctrl+C, finish the current
-    optimiser step, write ``<checkpoint dir>/last.ckpt`` and stop.
+    """On SIGTERM (``kill PID``, a scheduler) or Ctrl+C, finish the optimiser step in
+    flight (and a validation in progress), write ``<checkpoint dir>/last.ckpt`` and stop.
 
-    SIGTERM goes through Lightning's own handler (every rank stops at the same step, so
-    the collective save works under DDP). Ctrl+C is turned into the same graceful stop.
-    A second Ctrl+C interrupts at once, possibly inside an optimiser step, so nothing is
-    saved then (the previous ``last.ckpt``, from the end of an epoch, is kept).
+    While fitting, this replaces Lightning's SIGTERM handler: that one broadcasts from
+    inside the signal handler and lets each rank stop at its own check, which can leave
+    DDP ranks waiting in different collectives when several ranks get the signal (all of
+    them do under ``scancel`` or Ctrl+C). Here a handler only records the signal; at the
+    end of every training batch the ranks agree (one all-reduce of a flag) and all raise
+    Lightning's ``SIGTERMException`` after the same step, so the checkpoint save — a
+    collective — happens once, consistently. A second Ctrl+C interrupts at once, possibly
+    inside a step, so nothing is saved then (the end-of-epoch ``last.ckpt`` is kept).
 
     Attributes:
         signum: the signal that stopped the run (None while running).
@@ -121,34 +125,33 @@ class InterruptCheckpoint(Callback):
         self.signum: int | None = None
         self.saved: Path | None = None
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning installed its SIGTERM handler before this hook; route SIGINT into it.
-        # (Lightning restores the previous SIGINT handler when the run ends.)
-        try:
-            signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread (e.g. a thread-based launcher)
-            pass
-        term = signal.getsignal(signal.SIGTERM)
-        if callable(term):
-            def _on_sigterm(signum: int, frame: Any) -> None:
-                self.signum = self.signum or signum
-                term(signum, frame)
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After Lightning registered its own handlers (it does so after on_fit_start); its
+        # teardown puts back the handlers it found before the run.
+        for signum in (signal.SIGTERM, signal.SIGINT):
             try:
-                signal.signal(signal.SIGTERM, _on_sigterm)
-            except ValueError:
+                signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread (e.g. a thread-based launcher)
                 pass
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # second Ctrl+C: stop now
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:  # second Ctrl+C: stop now
             raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("Ctrl+C: finishing this step, writing last.ckpt, then stopping "
-                    "(Ctrl+C again stops at once)")
-        term = signal.getsignal(signal.SIGTERM)
-        if callable(term):
-            term(signum, frame)
-        else:  # no Lightning handler (should not happen): fall back to an immediate stop
-            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+            log.warning("%s: finishing this step, writing last.ckpt, then stopping%s",
+                        signal.Signals(signum).name,
+                        " (Ctrl+C again stops at once)" if signum == signal.SIGINT else "")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        stop = torch.tensor(0.0 if self.signum is None else 1.0, device=pl_module.device)
+        if trainer.world_size > 1:  # every rank runs the same number of training batches
+            stop = trainer.strategy.reduce(stop, reduce_op="max")
+        if float(stop) > 0:
+            if self.signum is None:  # another rank got the signal
+                self.signum = int(signal.SIGTERM)
+            raise SIGTERMException()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:
