@@ -3,6 +3,7 @@ PY      ?= .venv/bin/python
 ARGS    ?=
 BG      ?= 0
 PORT    ?= 6006
+MODE    ?= quick
 # make sweep: the architectures and dataset of the predefined sweep.
 MODELS  ?= unet,csnet
 DATA    ?= synthetic_xca
@@ -13,7 +14,7 @@ LAUNCHER ?= local
 # What a background run adds: no progress bar (the log shows one line per epoch instead).
 BG_ARGS := ++trainer.enable_progress_bar=false
 
-.PHONY: install train sweep sweep-lr logs test test-slow lint tensorboard clean
+.PHONY: install train sweep sweep-lr logs test test-slow lint tensorboard bench report clean
 
 install:  ## create .venv and install segflow with its dev tools
 	python3 -m venv .venv
@@ -52,8 +53,14 @@ test:  ## the test suite CI runs (no slow, no gpu)
 test-slow:  ## the slow tests (overfit checks, long runs)
 	$(PY) -m pytest -m "slow" -q
 
+report:  ## comparison table + plots of runs (RUNS="outputs/multirun/<sweep>/<time> ..." [OUT=dir])
+	$(PY) -m segflow.report $(or $(RUNS),$(error set RUNS to run folders or a multirun folder)) $(if $(OUT),--out $(OUT))
+
 lint:
 	$(PY) -m ruff check segflow tests
+
+bench:  ## benchmarks -> outputs/bench/<time>/ (MODE=full on a GPU; ARGS="models=[flow] ...")
+	$(PY) -m segflow.bench bench=$(MODE) $(ARGS)
 
 tensorboard:  ## tensorboard over every run
 	$(PY) -m tensorboard.main --logdir outputs --port $(PORT) --bind_all

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from segflow.callbacks.ema import EMA
 from segflow.inference import predict_whole
 from segflow.methods.base import Method, Prediction
-from segflow.metrics import VesselMetrics
+from segflow.metrics import EvalMetrics, VesselMetrics
 
 
 class SegModule(pl.LightningModule):
@@ -20,7 +23,10 @@ class SegModule(pl.LightningModule):
 
     Training calls ``method.loss(net, image, mask, valid)``; validation and test call
     ``method.predict`` on whole images (padded to the network's multiple) and update
-    :class:`~segflow.metrics.VesselMetrics`. It never asks which family the method is.
+    :class:`~segflow.metrics.VesselMetrics` (validation: the fast pixel metrics that pick
+    the best checkpoint) or :class:`~segflow.metrics.EvalMetrics` (test: the full suite,
+    with one row of per-image metrics, NFE and seconds per image in ``test_rows``). It
+    never asks which family the method is.
 
     Args:
         net: the network (``SegNet`` or ``Denoiser``; the method checks it).
@@ -62,8 +68,11 @@ class SegModule(pl.LightningModule):
         self.num_log_images = num_log_images
         self.ema_decay = ema_decay
         self.val_metrics = VesselMetrics(threshold)
-        self.test_metrics = VesselMetrics(threshold)
+        self.test_metrics = EvalMetrics(threshold)
         self.test_results: dict[str, float] = {}
+        # One dict per test image (name, per-image metrics, nfe, seconds), gathered from
+        # every rank at the end of the test epoch (sorted by name).
+        self.test_rows: list[dict[str, Any]] = []
         # The resolved run config, stored in every checkpoint so that one file is enough
         # to rebuild the model (see segflow.config.load_module). Set by the entry point.
         self.run_config: dict[str, Any] | None = None
@@ -82,16 +91,35 @@ class SegModule(pl.LightningModule):
                       sync_dist=True, batch_size=bs)
         return out["loss"]
 
-    def _eval_step(self, batch: dict[str, Any], metrics: VesselMetrics) -> dict[str, Any]:
-        pred = self(batch["image"])
-        metrics.update(pred.probs, batch["mask"], batch.get("valid"))
-        return {"prediction": pred}
+    def _timed_forward(self, image: Tensor) -> tuple[Prediction, float]:
+        """Predict and measure the wall-clock seconds of the prediction alone."""
+        if image.device.type == "cuda":
+            torch.cuda.synchronize(image.device)
+        start = time.perf_counter()
+        pred = self(image)
+        if image.device.type == "cuda":
+            torch.cuda.synchronize(image.device)
+        return pred, time.perf_counter() - start
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self._eval_step(batch, self.val_metrics)
+        pred = self(batch["image"])
+        self.val_metrics.update(pred.probs, batch["mask"], batch.get("valid"))
+        return {"prediction": pred}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return self._eval_step(batch, self.test_metrics)
+        pred, seconds = self._timed_forward(batch["image"])
+        rows = self.test_metrics.update(pred.probs, batch["mask"], batch.get("valid"),
+                                        samples=pred.samples)
+        n_samples = 1 if pred.samples is None else int(pred.samples.shape[1])
+        for name, row in zip(batch["name"], rows, strict=True):
+            # nfe: network evaluations per ensemble member; nfe_per_image: all members.
+            self.test_rows.append({"name": name, **row, "nfe": pred.nfe, "n_samples": n_samples,
+                                   "nfe_per_image": pred.nfe * n_samples,
+                                   "seconds": seconds / len(rows)})
+        return {"prediction": pred, "rows": rows}
+
+    def on_test_epoch_start(self) -> None:
+        self.test_rows = []
 
     def _log_epoch_metrics(self, stage: str, metrics: VesselMetrics) -> dict[str, float]:
         values = metrics.compute()  # reduced over all ranks: identical everywhere
@@ -105,7 +133,19 @@ class SegModule(pl.LightningModule):
         self._log_epoch_metrics("val", self.val_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self.test_results = self._log_epoch_metrics("test", self.test_metrics)
+        results = self._log_epoch_metrics("test", self.test_metrics)
+        rows = self.test_rows
+        if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
+            gathered: list[Any] = [None] * self.trainer.world_size
+            dist.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        self.test_rows = sorted(rows, key=lambda r: str(r["name"]))
+        if self.test_rows:  # sampling cost, averaged over every image of every rank
+            for key in ("nfe", "n_samples", "nfe_per_image"):
+                results[key] = float(sum(r[key] for r in rows) / len(rows))
+            # Median: robust to the first batch's one-off warm-up (allocations, autotuning).
+            results["seconds_per_image"] = float(statistics.median(r["seconds"] for r in rows))
+        self.test_results = results
 
     # -- optimisation -------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

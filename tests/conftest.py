@@ -77,3 +77,39 @@ def train(workdir: Path):
         return proc, (new[-1] if new else None)
 
     return _train
+
+
+# -- trained tiny runs shared by the eval / predict / report / notebook tests ------------
+TESTS = Path(__file__).resolve().parent
+# PYTHONPATH and Hydra search path that make the test-only toy generative model
+# (tests/toy_generative.py, tests/conf/model/toy_flow.yaml) available to the entry points.
+TOY_ENV = {"PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}
+TOY_SEARCHPATH = f"hydra.searchpath=[file://{TESTS / 'conf'}]"
+
+
+class TinyRuns:
+    """Trains each tiny run once per test session (lazily), in one shared work folder."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self._runs: dict[str, Path] = {}
+
+    def get(self, model: str = "unet") -> Path:
+        """The run folder of a tiny 2-epoch run of ``model`` (``unet`` or ``toy_flow``)."""
+        if model not in self._runs:
+            args = [*TINY, "trainer=debug", "trainer.max_epochs=2", f"model={model}",
+                    f"experiment_name=tiny_{model}", TOY_SEARCHPATH]
+            proc = run_entry("segflow.train", args, self.workdir, env=TOY_ENV)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+            runs = [r for r in run_dirs(self.workdir) if r.parent.name == f"tiny_{model}"]
+            assert len(runs) == 1, runs
+            self._runs[model] = runs[0]
+        return self._runs[model]
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> TinyRuns:
+    work = tmp_path_factory.mktemp("tiny_runs")
+    (work / "outputs").mkdir()
+    (work / "data").mkdir()
+    return TinyRuns(work)

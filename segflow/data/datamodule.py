@@ -12,7 +12,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from segflow.data.datasets import RandomCropDataset, Sample, WholeImageDataset, collate_crops, load_split
+from segflow.data.datasets import (
+    RandomCropDataset,
+    Sample,
+    WholeImageDataset,
+    collate_crops,
+    load_split,
+)
 from segflow.data.synthetic import ensure_synthetic
 from segflow.data.transforms import build_train_transform
 from segflow.errors import DataError

@@ -22,7 +22,8 @@ class VesselMetrics(Metric):
       whatever the data size; ties within a bin count one half).
 
     Only pixels where ``valid`` > 0.5 count (field of view; padding excluded). All states
-    are sums, so the DDP reduction is exact.
+    are sums, so the DDP reduction is exact. After each ``update``, ``last_per_image``
+    holds that batch's per-image ratios (for per-image tables; not a state).
 
     Args:
         threshold: probability above which a pixel is foreground.
@@ -39,6 +40,7 @@ class VesselMetrics(Metric):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("pos_hist", torch.zeros(auc_bins, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("neg_hist", torch.zeros(auc_bins, dtype=torch.float64), dist_reduce_fx="sum")
+        self.last_per_image: dict[str, list[float]] = {}
 
     def update(self, probs: Tensor, mask: Tensor, valid: Tensor | None = None) -> None:
         """Args: probs, mask (B, 1, H, W); valid (B, 1, H, W) or None."""
@@ -60,6 +62,7 @@ class VesselMetrics(Metric):
         self.dice_sum += torch.where(denom_d > 0, 2 * tp / denom_d.clamp_min(1), 1.0).sum()
         self.iou_sum += torch.where(denom_i > 0, tp / denom_i.clamp_min(1), 1.0).sum()
         self.n_images += probs.shape[0]
+        self.last_per_image = _per_image_ratios(tp, fp, fn, tn)
         bins = (probs.clamp(0, 1) * self.auc_bins).long().clamp_max(self.auc_bins - 1)
         self.pos_hist += torch.bincount(bins[target & valid_b], minlength=self.auc_bins).double()
         self.neg_hist += torch.bincount(bins[~target & valid_b], minlength=self.auc_bins).double()
@@ -86,3 +89,15 @@ class VesselMetrics(Metric):
             "iou_per_image": ratio(self.iou_sum, self.n_images),
         }
         return {k: v.float() for k, v in out.items()}
+
+
+def _per_image_ratios(tp: Tensor, fp: Tensor, fn: Tensor, tn: Tensor) -> dict[str, list[float]]:
+    """Per-image ratios from (B,) confusion counts; an empty ratio (0/0) means perfect
+    agreement on that class and scores 1."""
+
+    def r(a: Tensor, b: Tensor) -> list[float]:
+        return torch.where(b > 0, a / b.clamp_min(1), torch.ones_like(a)).tolist()
+
+    return {"dice": r(2 * tp, 2 * tp + fp + fn), "iou": r(tp, tp + fp + fn),
+            "sensitivity": r(tp, tp + fn), "specificity": r(tn, tn + fp),
+            "precision": r(tp, tp + fp), "accuracy": r(tp + tn, tp + tn + fp + fn)}

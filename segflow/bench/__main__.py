@@ -1,0 +1,45 @@
+"""``python -m segflow.bench``: training throughput / MFU, sampling cost vs NFE, data-loader
+throughput → ``outputs/bench/<time>/bench.{json,md}``.
+
+Examples:
+    python -m segflow.bench                                 # quick mode (CPU, a few minutes)
+    python -m segflow.bench bench=full                      # GPU sizes
+    python -m segflow.bench bench=full models=[flow] train.compile=[false,true]
+    python -m segflow.bench train.enabled=false sampling.enabled=false   # loader only
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from segflow.bench.runner import run_bench
+from segflow.train import find_user_error
+
+log = logging.getLogger("segflow.bench")
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    # hydra.mode is Hydra's own bookkeeping; user hydra.* overrides (searchpath) are kept.
+    hydra_args = [o for o in hc.overrides.hydra if not o.startswith("hydra.mode=")]
+    command = " ".join(["python -m segflow.bench",
+                        *map(shlex.quote, [*hydra_args, *hc.overrides.task])])
+    try:
+        run_bench(cfg, hc.runtime.output_dir, command)
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        log.error("%s", user_error)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Training throughput, peak memory, FLOPs and MFU of one (network, method) pair."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from segflow.bench.timing import (
+    autocast,
+    autocast_dtype,
+    peak_memory_mib,
+    reset_peak_memory,
+    stopwatch,
+)
+from segflow.methods.base import Method
+
+
+@dataclass
+class TrainCase:
+    """One row of the training table."""
+
+    model: str
+    image_size: int
+    batch: int
+    precision: str
+    channels_last: bool
+    compile: bool
+    params_m: float
+    images_per_s: float | None = None
+    step_ms: float | None = None
+    peak_mem_mib: float | None = None
+    peak_mem_kind: str = "n/a"
+    fwd_gflops_per_image: float | None = None
+    train_gflops_per_image: float | None = None
+    achieved_tflops: float | None = None
+    mfu: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def synthetic_batch(in_channels: int, out_channels: int, batch: int, size: int,
+                    device: torch.device, channels_last: bool, generator: torch.Generator
+                    ) -> dict[str, torch.Tensor]:
+    """A normalised image batch (B, C_in, S, S), a sparse {0,1} mask (B, C_out, S, S) and an
+    all-ones valid map — the shapes a training step sees; values do not change the cost."""
+    image = torch.randn(batch, in_channels, size, size, generator=generator)
+    mask = (torch.rand(batch, out_channels, size, size, generator=generator) > 0.9).float()
+    valid = torch.ones(batch, 1, size, size)
+    out = {"image": image, "mask": mask, "valid": valid}
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return {k: v.to(device).contiguous(memory_format=fmt) for k, v in out.items()}
+
+
+def make_optimizer(net: nn.Module, lr: float, weight_decay: float, device: torch.device,
+                   fused: bool) -> torch.optim.Optimizer:
+    """AdamW as SegModule configures it (no decay on biases / norms), fused on CUDA if asked."""
+    decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
+    kwargs: dict[str, Any] = {}
+    if fused and device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+        kwargs["fused"] = True
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, **kwargs)
+
+
+def count_flops(net: nn.Module, method: Method, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(forward, forward + backward) FLOPs of one eager float32 training step on ``batch``.
+
+    Counted by :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions,
+    attention — element-wise ops are not counted, as usual for MFU). The forward is the
+    method's loss, i.e. the network evaluations its objective makes.
+    """
+    net.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as fwd_counter:
+        out = method.loss(net, batch["image"], batch["mask"], batch["valid"])
+    with FlopCounterMode(display=False) as bwd_counter:
+        out["loss"].backward()
+    net.zero_grad(set_to_none=True)
+    fwd = fwd_counter.get_total_flops()
+    return fwd, fwd + bwd_counter.get_total_flops()
+
+
+def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int, batch: int,
+                   precision: str, channels_last: bool, compile: bool, warmup_steps: int,
+                   steps: int, device: torch.device, lr: float = 1e-4, weight_decay: float = 0.0,
+                   fused_adamw: bool = True, flops: bool = True, peak_tflops: float | None = None,
+                   seed: int = 0) -> TrainCase:
+    """Time ``steps`` optimiser steps (loss, backward, AdamW) on a fixed synthetic batch.
+
+    No data loading and no Lightning loop: this is the model's compute cost; the loader
+    has its own benchmark. The network is deep-copied so cases do not share weights or
+    compiled graphs.
+
+    Returns:
+        the filled :class:`TrainCase` (``error`` set instead when the case could not run,
+        e.g. out of memory or no compiler for ``torch.compile``).
+    """
+    net = copy.deepcopy(net).to(device)
+    case = TrainCase(name, image_size, batch, str(precision), bool(channels_last), bool(compile),
+                     params_m=sum(p.numel() for p in net.parameters()) / 1e6)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    try:
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        net.train()
+        data = synthetic_batch(net.in_channels, net.out_channels, batch, image_size, device,
+                               channels_last, gen)
+        if flops:
+            fwd, total = count_flops(net, method, data)
+            case.fwd_gflops_per_image = fwd / batch / 1e9
+            case.train_gflops_per_image = total / batch / 1e9
+        step_net = torch.compile(net) if compile else net
+        opt = make_optimizer(net, lr, weight_decay, device, fused_adamw)
+        scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(precision) == torch.float16)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with autocast(device, precision):
+                loss = method.loss(step_net, data["image"], data["mask"], data["valid"])["loss"]
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        for _ in range(warmup_steps):
+            step()
+        reset_peak_memory(device)
+        with stopwatch(device) as elapsed:
+            for _ in range(steps):
+                step()
+        seconds = elapsed[0]
+        case.step_ms = 1e3 * seconds / steps
+        case.images_per_s = batch * steps / seconds
+        case.peak_mem_mib, case.peak_mem_kind = peak_memory_mib(device)
+        if case.train_gflops_per_image is not None:
+            case.achieved_tflops = case.train_gflops_per_image * case.images_per_s / 1e3
+            if device.type == "cuda" and peak_tflops:
+                case.mfu = case.achieved_tflops / peak_tflops
+    except Exception as exc:  # a benchmark row that cannot run is reported, not fatal
+        case.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    finally:
+        del net
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return case

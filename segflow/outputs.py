@@ -1,0 +1,194 @@
+"""Writing results: prediction PNGs, CSV / Markdown tables, JSON, and plots.
+
+Shared by ``segflow.eval``, ``segflow.predict`` and ``segflow.report`` (no Lightning,
+no Hydra here).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch is not needed to write tables (segflow.report stays light)
+    from torch import Tensor
+
+#: Metric columns shown first in tables (the rest follow in order of appearance).
+TABLE_METRICS = ("dice", "dice_per_image", "iou", "cldice", "cldice_per_image", "betti0_error",
+                 "betti1_error", "hd95", "auc", "ece", "sensitivity", "specificity",
+                 "precision", "accuracy", "nfe", "nfe_per_image", "seconds_per_image",
+                 "betti0_std", "betti1_std", "cldice_std")
+
+
+def to_uint8(x: Tensor | np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """(1, H, W) or (H, W) values in [0, 1/scale] → uint8 (H, W) image (0..255)."""
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().float().cpu().numpy()
+    arr = np.asarray(x, np.float32)
+    arr = arr.reshape(arr.shape[-2:])
+    return np.clip(np.round(arr * scale * 255.0), 0, 255).astype(np.uint8)
+
+
+def save_prediction_pngs(folder: Path, stem: str, probs: Tensor, uncertainty: Tensor | None,
+                         threshold: float = 0.5) -> list[Path]:
+    """Write ``<stem>_prob.png`` (probability × 255), ``<stem>_mask.png`` (0 / 255) and,
+    for ensembles, ``<stem>_uncertainty.png`` (per-pixel std × 2 × 255: the std of
+    members in [0, 1] is at most 0.5, so the full range is used and maps are comparable
+    across images).
+
+    Args:
+        probs, uncertainty: (1, H, W) or (H, W).
+
+    Returns:
+        the files written.
+    """
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"{stem}_prob.png", folder / f"{stem}_mask.png"]
+    cv2.imwrite(str(files[0]), to_uint8(probs))
+    cv2.imwrite(str(files[1]), to_uint8((probs > threshold).float()))
+    if uncertainty is not None:
+        files.append(folder / f"{stem}_uncertainty.png")
+        cv2.imwrite(str(files[2]), to_uint8(uncertainty, scale=2.0))
+    return files
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+def columns_of(rows: Sequence[dict[str, Any]], first: Sequence[str] = ()) -> list[str]:
+    """Column order: ``first`` (those present), then every other key in order of appearance."""
+    seen: dict[str, None] = {}
+    for key in first:
+        if any(key in r for r in rows):
+            seen[key] = None
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Path:
+    """Rows of dicts → CSV (missing cells empty)."""
+    columns = list(columns or columns_of(rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in columns})
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """CSV → rows, numbers parsed back to int or float (other cells stay strings)."""
+    def parse(v: str) -> Any:
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    with Path(path).open(newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows of dicts → a GitHub Markdown table (floats with 4 decimals)."""
+    columns = list(columns or columns_of(rows))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(k, "")) for k in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str))
+    return path
+
+
+def line_groups(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:
+    """For a plot over a grid of settings: the keys that label the lines — every key that
+    varies, except the one with the most distinct values (the swept one, usually steps,
+    which the x axis already shows through the NFE)."""
+    varying = [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]
+    if not varying:
+        return []
+    swept = max(varying, key=lambda k: len({str(r.get(k)) for r in rows}))
+    return [k for k in varying if k != swept]
+
+
+def plot_lines(path: Path, rows: Sequence[dict[str, Any]], x: str, ys: Iterable[str],
+               group_by: Sequence[str] = (), log_x: bool = False, title: str = "") -> Path:
+    """One panel per y metric: y against x, one line per distinct ``group_by`` value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ys = [y for y in ys if any(isinstance(r.get(y), (int, float)) for r in rows)]
+    fig, axes = plt.subplots(1, max(1, len(ys)), figsize=(4.5 * max(1, len(ys)), 3.8),
+                             squeeze=False, layout="constrained")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        label = ", ".join(f"{k}={r.get(k)}" for k in group_by) or "all"
+        groups.setdefault(label, []).append(r)
+    for ax, y in zip(axes[0], ys, strict=False):
+        for label, members in groups.items():
+            pts = sorted((float(r[x]), float(r[y])) for r in members
+                         if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float)))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.grid(alpha=0.3)
+    if len(groups) > 1:  # below the panels, so it never hides a curve
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(path: Path, labels: Sequence[str], values: dict[str, Sequence[float]],
+              title: str = "") -> Path:
+    """Grouped horizontal bars: one group per label, one bar per metric in ``values``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, k = len(labels), max(1, len(values))
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.35 * n * k))
+    height = 0.8 / k
+    for j, (metric, vals) in enumerate(values.items()):
+        ax.barh(np.arange(n) + j * height, list(vals), height=height, label=metric)
+    ax.set_yticks(np.arange(n) + 0.4 - height / 2)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.legend(fontsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
