@@ -4,15 +4,48 @@ ARGS    ?=
 BG      ?= 0
 PORT    ?= 6006
 MODE    ?= quick
+# make sweep: the architectures and dataset of the predefined sweep.
+MODELS  ?= unet,csnet
+DATA    ?= synthetic_xca
+# make sweep-lr: one model, these peak learning rates.
+MODEL   ?= unet
+LRS     ?= 1e-4,3e-4,1e-3,3e-3
+LAUNCHER ?= local
+# What a background run adds: no progress bar (the log shows one line per epoch instead).
+BG_ARGS := ++trainer.enable_progress_bar=false
 
-.PHONY: install train test test-slow lint tensorboard bench report clean
+.PHONY: install train sweep sweep-lr logs test test-slow lint tensorboard bench report clean
 
 install:  ## create .venv and install segflow with its dev tools
 	python3 -m venv .venv
 	.venv/bin/pip install -e ".[dev]"
 
-train:  ## train the default model (ARGS="model=csnet data=synthetic_octa ...")
+# BG=1: detached (nohup, own session); prints the PID and the log files, which live in the
+# run folder (pinned first with hydra.run.dir so the path is known before the run starts).
+train:  ## train the default model (ARGS="model=csnet data=synthetic_octa ..."; BG=1 in the background)
+ifeq ($(BG),1)
+	@dir=$$($(PY) -m segflow.train $(ARGS) $(BG_ARGS) --cfg all --resolve -p hydra.run 2>/dev/null | sed -n 's/^dir: //p'); \
+	if [ -z "$$dir" ]; then $(PY) -m segflow.train $(ARGS) $(BG_ARGS) --cfg job >/dev/null; exit 2; fi; \
+	mkdir -p "$$dir"; \
+	nohup setsid $(PY) -m segflow.train $(ARGS) $(BG_ARGS) "hydra.run.dir='$$dir'" \
+		> "$$dir/console.log" 2>&1 < /dev/null & \
+	echo "PID $$!"; echo "log $$dir/train.log"; echo "console $$dir/console.log"; \
+	echo "follow: make logs   stop (writes last.ckpt): kill $$!"
+else
 	$(PY) -m segflow.train $(ARGS)
+endif
+
+sweep:  ## the architecture sweep: MODELS=unet,csnet DATA=synthetic_xca [LAUNCHER=joblib] [ARGS=...]
+	$(PY) -m segflow.train -m model=$(MODELS) data=$(DATA) launcher=$(LAUNCHER) sweep_name=arch_$(DATA) $(ARGS)
+
+sweep-lr:  ## a learning-rate sweep: MODEL=unet LRS=1e-4,3e-4,1e-3,3e-3 DATA=... [ARGS=...]
+	$(PY) -m segflow.train -m model=$(MODEL) data=$(DATA) model.learning_rate=$(LRS) launcher=$(LAUNCHER) sweep_name=lr_$(MODEL)_$(DATA) $(ARGS)
+
+logs:  ## follow the newest run's log (console.log of a BG=1 run, else train.log)
+	@new=$$(ls -t $$(find $${SEGFLOW_OUTPUT_DIR:-outputs} \( -name console.log -o -name train.log \) 2>/dev/null) 2>/dev/null | head -1); \
+	if [ -z "$$new" ]; then echo "no run logs under $${SEGFLOW_OUTPUT_DIR:-outputs}/"; exit 1; fi; \
+	dir=$$(dirname "$$new"); log="$$dir/train.log"; [ -f "$$dir/console.log" ] && log="$$dir/console.log"; \
+	echo "==> $$log"; tail -n 50 -F "$$log"
 
 test:  ## the test suite CI runs (no slow, no gpu)
 	$(PY) -m pytest -m "not slow and not gpu" -q

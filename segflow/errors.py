@@ -16,3 +16,7 @@ class ConfigError(SegflowError, ValueError):
 
 class NetworkMismatchError(SegflowError, TypeError):
     """A method was given a network of the wrong shape (``SegNet`` vs ``Denoiser``)."""
+
+
+class OutOfMemoryAdvice(SegflowError, RuntimeError):
+    """CUDA ran out of memory: names the config keys that reduce memory and their values."""

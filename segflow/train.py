@@ -5,6 +5,9 @@ Examples:
     python -m segflow.train model=csnet data=synthetic_octa trainer.max_epochs=1
     python -m segflow.train -m model=unet,csnet trainer=debug   # one folder per job
     python -m segflow.train ckpt_path=outputs/runs/.../checkpoints/last.ckpt   # resume
+    python -m segflow.train resume=auto        # newest last.ckpt of this experiment + config
+    python -m segflow.train trainer=ddp trainer.devices=[0,1]          # DDP on two GPUs
+    python -m segflow.train -m model=unet,csnet trainer=ddp launcher=joblib   # DDP jobs in parallel
 """
 
 from __future__ import annotations
@@ -12,19 +15,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
 from segflow.config import build_many
-from segflow.errors import ConfigError, SegflowError
+from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
+from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError
+from segflow.resume import fingerprint, resolve_resume
 
 log = logging.getLogger("segflow.train")
 
@@ -47,20 +59,73 @@ def effective_batch_size(cfg: DictConfig, trainer: pl.Trainer) -> int:
             * trainer.accumulate_grad_batches)
 
 
+def oom_advice(cfg: DictConfig, trainer: pl.Trainer | None = None) -> str:
+    """The training guide's advice on CUDA out-of-memory, with this run's values."""
+    world = trainer.world_size if trainer is not None else "?"
+    return (
+        f"CUDA ran out of memory with data.train_bs={cfg.data.train_bs}, "
+        f"data.num_samples_per_image={cfg.data.num_samples_per_image}, "
+        f"data.image_size={cfg.data.image_size}, trainer.precision={cfg.trainer.precision}, "
+        f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches} (world size "
+        f"{world}); lower data.train_bs or data.num_samples_per_image (crops per step), raise "
+        f"trainer.accumulate_grad_batches by the same factor to keep the effective batch size, "
+        f"and/or use trainer.precision=16-mixed (bf16-mixed on Ampere or newer); "
+        f"PYTORCH_CUDA_ALLOC_CONF={os.environ.get('PYTORCH_CUDA_ALLOC_CONF', '')}"
+    )
+
+
+def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer``; device/strategy combinations this machine cannot run
+    become one :class:`ConfigError` naming the keys (not a stack trace from Lightning)."""
+    t = cfg.trainer
+    strategy, accelerator = str(t.get("strategy", "auto")), str(t.get("accelerator", "auto"))
+    if strategy.startswith("fsdp") and accelerator not in ("gpu", "cuda"):
+        raise ConfigError(f"trainer=fsdp needs CUDA GPUs: Lightning runs FSDP on CUDA only "
+                          f"(got trainer.accelerator={accelerator}); on CPU use trainer=ddp "
+                          f"trainer.accelerator=cpu")
+    try:
+        return instantiate(t, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MisconfigurationException | ValueError | TypeError) and not isinstance(cause, SegflowError):
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            raise ConfigError(f"the trainer settings (trainer.accelerator={accelerator}, "
+                              f"trainer.devices={t.get('devices')}, trainer.strategy={strategy}, "
+                              f"trainer.precision={t.get('precision')}) cannot run here: {first}") from exc
+        raise
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test one configuration; returns the summary written to ``metrics.json``."""
+    """Fit and test one configuration; returns the summary written to ``metrics.json``.
+
+    Inside :func:`segflow.distributed.hydra_ddp_job`: DDP children re-enter this job (its
+    overrides, its folder), and the job leaves no process group or DDP environment behind.
+    """
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     _route_lightning_logs_to_file()
+    with hydra_ddp_job(ChildCommand("segflow.train", drop_keys=("resume", "ckpt_path"))) as child:
+        return _train(cfg, child)
+
+
+def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
+    # Every rank resumes the file rank 0 chose (children get it as ckpt_path).
+    ckpt_path = resolve_resume(cfg, cfg.paths.output_root)
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} does not exist; pass the last.ckpt of an earlier "
+                          f"run (outputs/runs/<experiment>/<time>/checkpoints/last.ckpt)")
+    child.extra_overrides = [f"ckpt_path={hydra_quote(ckpt_path) if ckpt_path else 'null'}"]
+
+    datamodule = instantiate(cfg.data, seed=cfg.seed)
     module = instantiate(cfg.model)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    callbacks = build_many(cfg.get("callbacks"))
+    interrupt = InterruptCheckpoint()
+    callbacks = [*build_many(cfg.get("callbacks")), ExactResume(), interrupt]
     loggers = build_many(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      default_root_dir=str(run_dir))
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False,
+                            default_root_dir=str(run_dir))
 
     eff = effective_batch_size(cfg, trainer)
     log.info("run folder: %s", run_dir)
@@ -77,21 +142,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                             "image_size": cfg.data.image_size,
                             "precision": str(cfg.trainer.precision)})
 
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist; pass the last.ckpt of an earlier "
-                          f"run (outputs/runs/<experiment>/<time>/checkpoints/last.ckpt)")
+    fp = fingerprint(cfg)
+    log.info("experiment %s, config fingerprint %s%s", cfg.experiment_name, fp,
+             f", resuming {ckpt_path}" if ckpt_path else "")
     start = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    with _stop_cleanly(cfg, trainer, interrupt):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.time() - start
 
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or ""
     last = Path(ckpt_cb.dirpath, "last.ckpt") if ckpt_cb is not None and ckpt_cb.dirpath else None
     test_ckpt = best or (str(last) if last is not None and last.is_file() else None)
+    epochs, step = trainer.current_epoch, trainer.global_step
+    if step == 0 and last is not None and last.is_file():
+        # ddp_spawn trained in other processes: this trainer's loops never advanced.
+        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        epochs, step = saved["epoch"] + 1, saved["global_step"]
     summary: dict[str, Any] = {
-        "experiment": cfg.experiment_name, "model": cfg.model.name, "data": cfg.data.name,
-        "run_dir": str(run_dir), "epochs": trainer.current_epoch, "global_step": trainer.global_step,
+        "experiment": cfg.experiment_name, "fingerprint": fp, "resumed_from": ckpt_path,
+        "model": cfg.model.name, "data": cfg.data.name,
+        "run_dir": str(run_dir), "epochs": epochs, "global_step": step,
         "fit_seconds": round(fit_seconds, 1), "effective_batch_size": eff,
         "best_checkpoint": best or None,
         "best_val_dice": float(ckpt_cb.best_model_score) if getattr(ckpt_cb, "best_model_score", None) is not None else None,
@@ -99,9 +170,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test_after_fit", True):
         if test_ckpt is None:
             log.warning("no checkpoint to test (no validation ran and no last.ckpt); testing current weights")
-        trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
+        with _stop_cleanly(cfg, trainer, interrupt):
+            results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
         summary["test_checkpoint"] = test_ckpt
-        summary["test"] = module.test_results
+        # ddp_spawn tests in other processes: take the logged values it hands back.
+        summary["test"] = module.test_results or {
+            k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
     for lg in trainer.loggers:
         if hasattr(lg, "close"):
             lg.close()
@@ -111,6 +185,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.info("test: %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
         log.info("metrics written to %s", run_dir / "metrics.json")
     return summary
+
+
+@contextmanager
+def _stop_cleanly(cfg: DictConfig, trainer: pl.Trainer | None,
+                  interrupt: InterruptCheckpoint | None) -> Iterator[None]:
+    """CUDA OOM → the guide's advice as one error; SIGTERM / Ctrl+C (``last.ckpt`` already
+    written by :class:`InterruptCheckpoint`) → exit 128 + the signal number on rank 0, as a
+    shell reports a killed program, and 0 on other DDP ranks (a non-zero child would make
+    Lightning kill rank 0 while it reports)."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        raise OutOfMemoryAdvice(oom_advice(cfg, trainer)) from exc
+    except SIGTERMException:
+        signum = (interrupt.signum if interrupt else None) or signal.SIGTERM
+        saved = interrupt.saved if interrupt else None
+        if trainer is None or trainer.global_rank == 0:
+            where = f"{saved} written" if saved else "no checkpoint written"
+            log.warning("stopped by %s: %s; continue with ckpt_path=%s or resume=auto",
+                        signal.Signals(signum).name, where, saved or "<last.ckpt>")
+        sys.exit(0 if is_ddp_child() else 128 + int(signum))
 
 
 def find_user_error(exc: BaseException) -> SegflowError | None:

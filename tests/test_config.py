@@ -14,7 +14,7 @@ from segflow.errors import NetworkMismatchError
 from conftest import CONF
 
 # Groups selected in train.yaml's defaults list (hydra/ is Hydra's own node).
-GROUPS = ["model", "data", "trainer", "launcher", "logger", "callbacks", "paths", "experiment"]
+GROUPS = ["model", "data", "trainer", "launcher", "sweeper", "logger", "callbacks", "paths", "experiment"]
 
 
 def options(group: str) -> list[str]:

@@ -3,5 +3,8 @@
 from segflow.callbacks.ema import EMA
 from segflow.callbacks.image_logger import ValImageLogger, make_grid
 from segflow.callbacks.loggers import TensorBoardLogger
+from segflow.callbacks.progress import EpochLog
+from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
 
-__all__ = ["EMA", "TensorBoardLogger", "ValImageLogger", "make_grid"]
+__all__ = ["EMA", "EpochLog", "ExactResume", "InterruptCheckpoint", "TensorBoardLogger",
+           "ValImageLogger", "make_grid"]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segflow.data.datasets import (
     RandomCropDataset,
@@ -40,6 +40,52 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.length, self.world_size))
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Training sampler: a seeded shuffle per epoch, sharded over DDP ranks, that also hands
+    each item its augmentation seed.
+
+    Epoch *e* is the permutation ``default_rng([seed, e])`` of the images, padded by
+    repetition to a multiple of ``world_size`` (as ``DistributedSampler`` pads); rank *r*
+    takes positions r, r+W, r+2W, … and yields ``(index, item_seed)`` with ``item_seed``
+    derived from (seed, epoch, position). So the training stream is a pure function of
+    the run seed and the epoch — independent of the number of DataLoader workers, of
+    the global RNG, and of where a resumed run restarted — which is what makes a run
+    resumed from ``last.ckpt`` end with the same weights as an uninterrupted one.
+
+    The epoch is read from ``epoch_source`` (the trainer's ``current_epoch``) when the
+    iteration starts (without it, :meth:`set_epoch` sets it); ``started_epoch`` records
+    it. Lightning creates the first iterator before it restores a checkpoint's epoch, and
+    DataLoader workers prefetch at once, so after a resume that iterator is for epoch 0:
+    :class:`segflow.callbacks.ExactResume` sees the stale ``started_epoch`` and restarts it.
+    """
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True, epoch_source: Callable[[], int] | None = None):
+        if length < 1:
+            raise ValueError(f"EpochSampler needs at least one item, got length {length}")
+        self.length, self.seed, self.rank, self.world_size = length, int(seed), rank, world_size
+        self.shuffle, self.epoch_source = shuffle, epoch_source
+        self.epoch = 0
+        self.started_epoch: int | None = None  # the epoch of the latest iteration
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = int(self.epoch_source()) if self.epoch_source is not None else self.epoch
+        self.started_epoch = epoch
+        order = (np.random.default_rng([self.seed, epoch]).permutation(self.length)
+                 if self.shuffle else np.arange(self.length))
+        order = np.resize(order, len(self) * self.world_size)  # pad by repeating, like DDP
+        # One independent 32-bit seed per (run seed, epoch, position in the epoch).
+        seeds = np.random.SeedSequence([self.seed, epoch]).generate_state(len(order))
+        positions = range(self.rank, len(order), self.world_size)
+        return iter([(int(order[p]), int(seeds[p])) for p in positions])
+
+    def __len__(self) -> int:
+        return -(-self.length // self.world_size)
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -73,6 +119,9 @@ class SegDataModule(pl.LightningDataModule):
         val_fraction, split_seed: the held-out split when there is no val folder.
         synthetic: when set, ``{kind, seed, image_size, n_train, n_val, n_test, options}``
             of a procedural dataset written once to ``root`` (see ``segflow.data.synthetic``).
+        seed: the training stream's seed (shuffle and augmentation, see
+            :class:`EpochSampler`); ``segflow.train`` passes the run's ``seed``. None: the
+            torch seed when the loader is built (``seed_everything`` sets it).
     """
 
     def __init__(self, name: str = "folder", root: str | None = None, train_dir: str | None = None,
@@ -84,7 +133,7 @@ class SegDataModule(pl.LightningDataModule):
                  augment: dict[str, Any] | None = None, mean: float = 0.5, std: float = 0.5,
                  intensity: dict[str, Any] | None = None, inference: dict[str, Any] | None = None,
                  val_fraction: float = 0.1, split_seed: int = 0,
-                 synthetic: dict[str, Any] | None = None):
+                 synthetic: dict[str, Any] | None = None, seed: int | None = None):
         super().__init__()
         if root is None and train_dir is None:
             raise DataError("no data location: set data.root (a folder with train/ val/ test/) "
@@ -111,6 +160,7 @@ class SegDataModule(pl.LightningDataModule):
         self.inference = dict(inference or {})
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.synthetic = dict(synthetic) if synthetic else None
+        self.seed = seed
         self._splits: dict[str, list[Sample]] = {}
         build_train_transform(image_size, self.augment)  # fail on bad augment keys now, not in setup
 
@@ -171,21 +221,28 @@ class SegDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None, shuffle: bool,
                 collate_fn: Any = None) -> DataLoader:
+        # Its own generator: creating an iterator draws a base seed from it, not from the
+        # global RNG — Lightning creates iterators at different moments in a resumed run, and
+        # the global RNG must then still match the uninterrupted run's.
+        seed = self.seed if self.seed is not None else torch.initial_seed()
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers and self.num_workers > 0,
-                          collate_fn=collate_fn)
+                          collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed))
 
     def train_dataloader(self) -> DataLoader:
         samples = self._load("train")
         dataset = RandomCropDataset(samples, build_train_transform(self.image_size, self.augment),
                                     self.num_samples_per_image, self.mean, self.std)
         rank, world = self._dist()
-        sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=self.split_seed)
-                   if world > 1 else None)
-        return self._loader(dataset, self.train_bs, sampler, sampler is None, collate_crops)
+        seed = self.seed if self.seed is not None else torch.initial_seed()
+        sampler = EpochSampler(len(dataset), seed, rank, world, epoch_source=self._current_epoch)
+        return self._loader(dataset, self.train_bs, sampler, False, collate_crops)
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = WholeImageDataset(self._load(split), self.mean, self.std)

@@ -115,10 +115,13 @@ class RandomCropDataset(Dataset):
     """Training samples: item *i* is ``num_samples_per_image`` augmented random crops of
     image *i*, stacked as (N, C, h, w); :func:`collate_crops` flattens them into the batch.
 
-    Randomness: the augmentation's generator is re-seeded from ``torch.initial_seed()``
-    whenever that changes — each DataLoader worker gets a fresh seed every epoch (derived
-    from the global seed), and in the main process the generator simply runs on — so
-    crops differ across epochs and workers yet are reproducible for a given seed.
+    Randomness: given a key ``(index, seed)`` — what
+    :class:`~segflow.data.datamodule.EpochSampler` yields — the augmentation generator is
+    re-seeded with ``seed`` for that item, so the crops are a pure function of (run seed,
+    epoch, position in the epoch): the same whatever the number of DataLoader workers,
+    DDP ranks, or where a resumed run restarted. Given a plain ``index`` (use outside the
+    datamodule), the generator is seeded from ``torch.initial_seed()`` whenever that
+    changes (each worker's seed) and otherwise runs on.
     """
 
     def __init__(self, samples: list[Sample], transform: Any, num_samples_per_image: int,
@@ -132,11 +135,16 @@ class RandomCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        seed = torch.initial_seed()
-        if seed != self._seeded_with:
-            self.transform.set_random_seed(seed % 2**32)
-            self._seeded_with = seed
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(key, tuple):
+            index, item_seed = key
+            self.transform.set_random_seed(item_seed)
+            self._seeded_with = None
+        else:
+            index, seed = key, torch.initial_seed()
+            if seed != self._seeded_with:
+                self.transform.set_random_seed(seed % 2**32)
+                self._seeded_with = seed
         s = self.samples[index]
         valid = s.fov if s.fov is not None else np.ones(s.image.shape[:2], np.uint8)
         crops = [self.transform(image=s.image, mask=s.mask, valid=valid)

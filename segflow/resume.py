@@ -1,0 +1,120 @@
+"""``resume=auto``: find the newest ``last.ckpt`` of the same experiment and configuration.
+
+A run's *fingerprint* is a hash of what it learns — ``model``, ``data``, ``seed`` and the
+``trainer`` keys that change the optimisation — and leaves out where and how long it runs
+(devices, strategy, nodes, ``max_epochs``, loader workers, logging cadence), so that the
+same command re-run after a crash, a ``kill`` or a SLURM requeue, on other GPUs or with
+more epochs, finds its own checkpoint, and a run with another learning rate never does.
+Earlier runs are fingerprinted from their ``.hydra/config.yaml``; nothing extra is written.
+
+Hydra/OmegaConf only (an entry-point helper).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from segflow.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Keys that may differ between a run and its continuation (placement, length, speed, logs).
+VOLATILE_KEYS: dict[str, tuple[str, ...]] = {
+    "trainer": ("accelerator", "devices", "num_nodes", "strategy", "max_epochs", "max_steps",
+                "max_time", "enable_progress_bar", "enable_model_summary", "log_every_n_steps",
+                "limit_val_batches", "limit_test_batches", "check_val_every_n_epoch", "callbacks", "logger",
+                "default_root_dir", "plugins"),
+    "data": ("num_workers", "pin_memory", "persistent_workers", "val_bs"),
+    "model": ("log_image_enabled", "log_image_names", "num_log_images"),
+}
+FINGERPRINT_SECTIONS = ("model", "data", "trainer", "seed")
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """12 hex characters identifying what a run learns (see the module docstring)."""
+    part: dict[str, Any] = {}
+    for section in FINGERPRINT_SECTIONS:
+        node = cfg.get(section)
+        value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in VOLATILE_KEYS.get(section, ())}
+        part[section] = value
+    blob = json.dumps(part, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _run_config(run_dir: Path) -> DictConfig | None:
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # a half-written or foreign file: not a candidate
+        log.debug("skipping %s: %s", path, exc)
+        return None
+    return cfg if isinstance(cfg, DictConfig) else None
+
+
+def find_last_checkpoint(output_root: str | Path, experiment_name: str, fp: str) -> Path | None:
+    """The newest ``checkpoints/last.ckpt`` under ``output_root`` (single runs and multirun
+    jobs) whose run has this ``experiment_name`` and fingerprint ``fp``; None if none."""
+    root = Path(output_root)
+    candidates: list[tuple[float, Path]] = []
+    for ckpt in list(root.glob("runs/*/*/checkpoints/last.ckpt")) + list(
+            root.glob("multirun/**/checkpoints/last.ckpt")):
+        run_dir = ckpt.parent.parent
+        cfg = _run_config(run_dir)
+        if cfg is None or cfg.get("experiment_name") is None:
+            continue
+        try:
+            same = str(cfg.experiment_name) == experiment_name and fingerprint(cfg) == fp
+        except Exception as exc:  # interpolations that no longer resolve: not a candidate
+            log.debug("skipping %s: %s", run_dir, exc)
+            continue
+        if same:
+            candidates.append((ckpt.stat().st_mtime, ckpt))
+    return max(candidates)[1] if candidates else None
+
+
+def slurm_requeued() -> bool:
+    """True in a SLURM job that was requeued (pre-emption, time-out with submitit)."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+
+
+def resolve_resume(cfg: DictConfig, output_root: str | Path) -> str | None:
+    """The checkpoint to resume from: ``ckpt_path`` as given, or for ``resume=auto`` the
+    newest matching ``last.ckpt`` (None when there is none yet: the run starts fresh).
+    A job that SLURM requeued resumes as with ``resume=auto`` unless told otherwise.
+
+    Raises:
+        ConfigError: an unknown ``resume`` value, or both ``resume`` and ``ckpt_path``.
+    """
+    resume = cfg.get("resume")
+    ckpt_path = cfg.get("ckpt_path")
+    if resume in (None, False, "none", "null") and not ckpt_path and slurm_requeued():
+        log.info("SLURM requeued this job (SLURM_RESTART_COUNT=%s): resume=auto",
+                 os.environ["SLURM_RESTART_COUNT"])
+        resume = "auto"
+    if resume in (None, False, "none", "null"):
+        return str(ckpt_path) if ckpt_path else None
+    if resume != "auto":
+        raise ConfigError(f"resume={resume} is not understood; use resume=auto (newest last.ckpt "
+                          f"of this experiment and config) or ckpt_path=<file>")
+    if ckpt_path:
+        raise ConfigError(f"both resume=auto and ckpt_path={ckpt_path} are set; keep one")
+    fp = fingerprint(cfg)
+    found = find_last_checkpoint(output_root, str(cfg.experiment_name), fp)
+    if found is None:
+        log.info("resume=auto: no last.ckpt of experiment %s with config fingerprint %s under "
+                 "%s; starting fresh", cfg.experiment_name, fp, output_root)
+        return None
+    log.info("resume=auto: resuming %s (experiment %s, config fingerprint %s)",
+             found, cfg.experiment_name, fp)
+    return str(found)

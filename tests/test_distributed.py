@@ -1,0 +1,132 @@
+"""DDP on CPU (gloo, 2 processes) through Hydra: one folder per run or multirun job, one
+event file, rank-0 logs, epoch metrics reduced over ranks; ddp_spawn; the trainer presets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import CONF, run_dirs
+
+# On top of the fixture's trainer=debug (CPU, 2 batches per epoch); as `trainer=ddp
+# trainer.accelerator=cpu trainer.devices=2` would give, with debug's short epochs.
+DDP = ["trainer.strategy=ddp", "trainer.devices=2"]
+PROBE = "+callbacks.probe._target_=tests.probes.RankLossProbe"
+
+
+def _all_files(workdir):
+    return sorted(p.relative_to(workdir / "outputs").as_posix()
+                  for p in (workdir / "outputs").rglob("*") if p.is_file())
+
+
+def _check_job_folder(job):
+    """Everything a DDP job leaves, and that it is there once."""
+    assert (job / ".hydra" / "config.yaml").is_file()
+    assert (job / "train.log").is_file() and (job / "train_rank1.log").is_file()
+    assert "world size 2" in (job / "train.log").read_text()
+    assert "GLOBAL_RANK: 1" in (job / "train_rank1.log").read_text()
+    events = list((job / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1, events
+    for name in ("last.ckpt", "best.ckpt"):
+        assert (job / "checkpoints" / name).is_file()
+    summary = json.loads((job / "metrics.json").read_text())
+    assert 0.0 <= summary["test"]["dice"] <= 1.0
+    return summary, events[0]
+
+
+def test_ddp_single_run_one_folder_and_epoch_metric_is_mean_over_ranks(train, workdir):
+    proc, run = train(*DDP, "trainer.max_epochs=2", PROBE)
+    assert run_dirs(workdir) == [run] and not (workdir / "outputs" / "multirun").exists()
+    assert [p.name for p in (workdir / "outputs" / "runs").iterdir()] == ["unet_synthetic_xca"]
+    assert not list(run.rglob("lightning_logs")) and not (workdir / "lightning_logs").exists()
+    assert len(list(run.parent.iterdir())) == 1  # the child did not make a folder of its own
+    summary, event_file = _check_job_folder(run)
+    assert summary["effective_batch_size"] == 8  # 2 images x 2 crops x 2 ranks
+    assert summary["global_step"] == 4  # 6 images / 2 ranks / 2 per batch = 2 steps/epoch
+
+    ranks = [json.loads((run / f"probe_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["pid"] != ranks[1]["pid"] and ranks[0]["world_size"] == 2
+    assert ranks[0]["rank_mean"] != ranks[1]["rank_mean"]  # the ranks saw different crops
+    acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+    acc.Reload()
+    logged = [e.value for e in acc.Scalars("train/loss")]
+    for epoch in range(2):
+        assert ranks[0]["rank_count"][epoch] == ranks[1]["rank_count"][epoch] == 6  # crops
+        mean = (ranks[0]["rank_mean"][epoch] + ranks[1]["rank_mean"][epoch]) / 2
+        assert ranks[0]["logged"][epoch] == pytest.approx(mean, rel=1e-6)
+        assert ranks[1]["logged"][epoch] == pytest.approx(mean, rel=1e-6)
+        assert logged[epoch] == pytest.approx(mean, rel=1e-6)  # what TensorBoard shows
+
+
+def test_ddp_multirun_each_job_in_its_own_folder(train, workdir):
+    proc, _ = train("-m", *DDP, "model=unet,csnet", "sweep_name=arch")
+    jobs = run_dirs(workdir, "multirun")
+    assert [j.name for j in jobs] == ["0", "1"], jobs
+    sweep = jobs[0].parent
+    assert sweep.parent.name == "arch" and len(list(sweep.parent.iterdir())) == 1
+    # Nothing stray anywhere: only the sweep's multirun.yaml and the two job folders.
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    assert [p.name for p in (workdir / "outputs").iterdir()] == ["multirun"]
+    files = _all_files(workdir)
+    assert sum(f.endswith(".hydra/config.yaml") for f in files) == 2
+    models = [_check_job_folder(j)[0]["model"] for j in jobs]
+    assert models == ["unet", "csnet"]
+    # The children ran the job's own overrides (model=csnet), not the sweep (model=unet,csnet).
+    rank1 = (jobs[1] / "train_rank1.log").read_text()
+    assert "csnet_synthetic_xca" in rank1 and "unet_synthetic_xca" not in rank1
+    assert proc.stdout.count("Launching 2 jobs locally") == 1
+
+
+@pytest.mark.slow  # 5 interpreter start-ups (spawned ranks for fit and for test): ~40 s CPU
+def test_ddp_spawn_two_processes(train, workdir):
+    _, run = train("trainer.strategy=ddp_spawn", "trainer.devices=2")
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["global_step"] == 2 and summary["effective_batch_size"] == 8
+    assert 0.0 <= summary["test"]["dice"] <= 1.0  # test results come back from the spawned ranks
+    assert "world size 2" in (run / "train.log").read_text()
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert run_dirs(workdir) == [run]
+
+
+def test_trainer_presets_compose():
+    names = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
+    assert {"cpu", "gpu", "ddp", "ddp_find_unused", "ddp_spawn", "fsdp", "debug"} <= set(names)
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        strategies = {n: compose("train", overrides=[f"trainer={n}"]).trainer.strategy
+                      for n in ["ddp", "ddp_find_unused", "ddp_spawn", "fsdp"]}
+        cfg = compose("train", overrides=["trainer=ddp", "trainer.devices=[1,2,3]",
+                                          "trainer.precision=bf16-mixed", "trainer.num_nodes=2"])
+    assert strategies == {"ddp": "ddp", "ddp_find_unused": "ddp_find_unused_parameters_true",
+                          "ddp_spawn": "ddp_spawn", "fsdp": "fsdp"}
+    assert list(cfg.trainer.devices) == [1, 2, 3] and cfg.trainer.num_nodes == 2
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+
+
+def test_fsdp_on_cpu_is_one_clear_error():
+    from omegaconf import OmegaConf
+
+    from segflow.errors import ConfigError
+    from segflow.train import build_trainer
+
+    cfg = OmegaConf.create({"trainer": {"_target_": "pytorch_lightning.Trainer",
+                                        "accelerator": "cpu", "devices": 2, "strategy": "fsdp"}})
+    with pytest.raises(ConfigError, match="trainer=fsdp needs CUDA GPUs"):
+        build_trainer(cfg)
+    cfg.trainer.strategy, cfg.trainer.devices = "ddp", "five"  # Lightning's own refusal
+    with pytest.raises(ConfigError, match=r"trainer.devices=five.*cannot run here"):
+        build_trainer(cfg)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_ddp_on_all_gpus_bf16(train, workdir):
+    n = torch.cuda.device_count()
+    _, run = train("trainer.accelerator=gpu", "trainer.strategy=ddp", "trainer.devices=-1",
+                   "trainer.precision=bf16-mixed", "trainer.max_epochs=2")
+    summary, _ = _check_job_folder(run) if n > 1 else (json.loads((run / "metrics.json").read_text()), None)
+    assert summary["effective_batch_size"] == 4 * n

@@ -1,0 +1,127 @@
+"""Hydra launchers and sweepers: joblib (parallel jobs), submitit's local executor (the
+SLURM code path without a cluster, here with a 2-process DDP job), slurm and optuna
+configs."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segflow.distributed import env_global_rank
+
+from conftest import CONF, run_dirs
+
+
+def _log_span(job) -> tuple[datetime, datetime]:
+    stamps = re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]",
+                        (job / "train.log").read_text(), flags=re.M)
+    parse = [datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f") for s in stamps]
+    return parse[0], parse[-1]
+
+
+def _event_pid(job) -> int:
+    (event,) = (job / "tensorboard").glob("events.out.tfevents.*")
+    return int(event.name.split(".")[-2])
+
+
+def test_joblib_runs_two_jobs_in_parallel(train, workdir):
+    proc, _ = train("-m", "launcher=joblib", "model=unet,csnet", "sweep_name=par")
+    jobs = run_dirs(workdir, "multirun")
+    assert [j.name for j in jobs] == ["0", "1"]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    assert {json.loads((j / "metrics.json").read_text())["model"] for j in jobs} == {"unet", "csnet"}
+    (s0, e0), (s1, e1) = _log_span(jobs[0]), _log_span(jobs[1])
+    assert s0 < e1 and s1 < e0, "the two jobs did not overlap in time"
+    assert _event_pid(jobs[0]) != _event_pid(jobs[1])  # two worker processes
+
+
+def test_submitit_local_runs_a_ddp_job(train, workdir):
+    # Lightning would re-run submitit's own __main__ for rank 1; segflow hands it the job.
+    train("-m", "launcher=submitit_local", "trainer.strategy=ddp", "trainer.devices=2",
+          "sweep_name=sub")
+    (job,) = run_dirs(workdir, "multirun")
+    summary = json.loads((job / "metrics.json").read_text())
+    assert summary["effective_batch_size"] == 8 and 0.0 <= summary["test"]["dice"] <= 1.0
+    assert "GLOBAL_RANK: 1" in (job / "train_rank1.log").read_text()
+    assert len(list((job / "tensorboard").glob("events*"))) == 1
+    assert list(job.parent.glob(".submitit/*/*_log.out"))  # it went through submitit
+
+
+def test_slurm_and_optuna_configs_compose():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        composed = compose("train", overrides=["launcher=slurm", "sweeper=optuna",
+                                               "slurm.partition=gpu", "slurm.gpus_per_node=4",
+                                               "slurm.nodes=2"], return_hydra_config=True)
+    cfg = OmegaConf.to_container(composed, resolve=False)
+    launcher, sweeper = cfg["hydra"]["launcher"], cfg["hydra"]["sweeper"]
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    for key in ["partition", "nodes", "gpus_per_node", "tasks_per_node", "timeout_min", "mem_gb",
+                "cpus_per_task", "max_num_timeout"]:
+        assert launcher[key].startswith("${slurm."), key
+    assert cfg["slurm"]["partition"] == "gpu" and cfg["slurm"]["nodes"] == 2
+    assert cfg["trainer"]["devices"] == "${slurm.gpus_per_node}"
+    assert cfg["trainer"]["num_nodes"] == "${slurm.nodes}"
+    assert sweeper["_target_"].endswith("OptunaSweeper") and sweeper["direction"] == "maximize"
+    assert "model.learning_rate" in sweeper["params"]
+
+
+def test_rank_resolvers_for_slurm_tasks(monkeypatch):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"sub": "${segflow.rank0_only:.hydra}", "log": "${segflow.rank_log:train}"})
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert (cfg.sub, cfg.log, env_global_rank()) == (".hydra", "train.log", 0)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert (cfg.sub, cfg.log, env_global_rank()) == (None, "train_rank3.log", 3)
+
+
+@pytest.mark.slow
+def test_optuna_sweep_runs_trials(train, workdir):
+    proc, _ = train("-m", "sweeper=optuna", "hydra.sweeper.n_trials=2", "sweep_name=opt")
+    jobs = run_dirs(workdir, "multirun")
+    assert len(jobs) == 2
+    overrides = [yaml.safe_load((j / ".hydra" / "overrides.yaml").read_text()) for j in jobs]
+    lrs = {o for job in overrides for o in job if o.startswith("model.learning_rate=")}
+    assert len(lrs) == 2  # two different trials
+    assert all("best_val_dice" in json.loads((j / "metrics.json").read_text()) for j in jobs)
+    assert "Best parameters" in proc.stdout + proc.stderr
+    assert (jobs[0].parent / "optimization_results.yaml").is_file()
+
+
+@pytest.mark.slow  # two interpreter start-ups and a run: ~15 s CPU
+def test_make_train_bg_detaches_and_logs_inside_the_run_folder(workdir):
+    import os
+    import subprocess
+    import time
+
+    from conftest import ROOT, TINY
+
+    env = {**os.environ, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
+           "SEGFLOW_DATA_DIR": str(workdir / "data"), "PY": sys.executable}
+    args = " ".join([*TINY, "trainer=debug", "trainer.max_epochs=2"])
+    out = subprocess.run(["make", "-s", "-C", str(ROOT), "train", "BG=1", f"ARGS={args}"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    pid, log = int(lines["PID"]), Path(lines["log"])
+    assert log.parent.parent == workdir / "outputs" / "runs" / "unet_synthetic_xca"
+    deadline = time.time() + 240
+    while time.time() < deadline and os.path.exists(f"/proc/{pid}") and \
+            "Z" not in open(f"/proc/{pid}/stat").read().split()[2]:
+        time.sleep(1)
+    run = run_dirs(workdir)
+    assert run == [log.parent]  # the folder printed before the start is the run's folder
+    assert json.loads((run[0] / "metrics.json").read_text())["global_step"] == 4
+    text = (run[0] / "train.log").read_text()
+    assert "epoch 1/2  step 2" in text and "epoch 2/2  step 4" in text  # one line per epoch
+    assert "metrics written" in (run[0] / "console.log").read_text()
