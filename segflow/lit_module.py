@@ -14,6 +14,8 @@ from segflow.inference import predict_whole
 from segflow.methods.base import Method, Prediction
 from segflow.metrics import VesselMetrics
 
+EVAL_SEED = 20240601  # base seed of the validation/test sampling noise (see eval_generator)
+
 
 class SegModule(pl.LightningModule):
     """Optimisation, metrics and logging around a method and a network.
@@ -82,8 +84,19 @@ class SegModule(pl.LightningModule):
                       sync_dist=True, batch_size=bs)
         return out["loss"]
 
+    @staticmethod
+    def eval_generator(batch: dict[str, Any]) -> torch.Generator:
+        """Sampling noise for an evaluation batch, seeded by its first image's index in the
+        split: generative methods draw the same noise for the same image at every
+        validation, on any number of ranks, so their metrics move only with the weights.
+        One-pass methods ignore it."""
+        image = batch["image"]
+        index = batch.get("index")
+        seed = int(index.reshape(-1)[0]) if torch.is_tensor(index) and index.numel() else 0
+        return torch.Generator(device=image.device).manual_seed(EVAL_SEED + seed)
+
     def _eval_step(self, batch: dict[str, Any], metrics: VesselMetrics) -> dict[str, Any]:
-        pred = self(batch["image"])
+        pred = predict_whole(self.method, self.net, batch["image"], generator=self.eval_generator(batch))
         metrics.update(pred.probs, batch["mask"], batch.get("valid"))
         return {"prediction": pred}
 
