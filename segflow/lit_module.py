@@ -17,6 +17,8 @@ from segflow.inference import check_inference, predict_image
 from segflow.methods.base import Method, Prediction
 from segflow.metrics import EvalMetrics, VesselMetrics
 
+EVAL_SEED = 20240601  # base seed of the validation/test sampling noise (see eval_generator)
+
 
 class SegModule(pl.LightningModule):
     """Optimisation, metrics and logging around a method and a network.
@@ -86,10 +88,11 @@ class SegModule(pl.LightningModule):
         self.run_config: dict[str, Any] | None = None
 
     # -- steps --------------------------------------------------------------------------
-    def forward(self, image: Tensor) -> Prediction:
+    def forward(self, image: Tensor, generator: torch.Generator | None = None) -> Prediction:
         """Segment whole images (B, C, H, W) of any size with the method's current settings
-        (one pass, or a sliding window above ``inference.max_whole_size``)."""
-        return predict_image(self.method, self.net, image, **self.inference)
+        (one pass, or a sliding window above ``inference.max_whole_size``); ``generator``
+        seeds the sampling noise of generative methods."""
+        return predict_image(self.method, self.net, image, generator=generator, **self.inference)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.method.loss(self.net, batch["image"], batch["mask"], batch.get("valid"))
@@ -100,23 +103,35 @@ class SegModule(pl.LightningModule):
                       sync_dist=True, batch_size=bs)
         return out["loss"]
 
-    def _timed_forward(self, image: Tensor) -> tuple[Prediction, float]:
+    @staticmethod
+    def eval_generator(batch: dict[str, Any]) -> torch.Generator:
+        """Sampling noise for an evaluation batch, seeded by its first image's index in the
+        split: generative methods draw the same noise for the same image at every
+        validation, on any number of ranks, and in ``segflow.eval``, so their metrics move
+        only with the weights and the sampling settings. One-pass methods ignore it."""
+        image = batch["image"]
+        index = batch.get("index")
+        seed = int(index.reshape(-1)[0]) if torch.is_tensor(index) and index.numel() else 0
+        return torch.Generator(device=image.device).manual_seed(EVAL_SEED + seed)
+
+    def _timed_forward(self, image: Tensor, generator: torch.Generator | None = None
+                       ) -> tuple[Prediction, float]:
         """Predict and measure the wall-clock seconds of the prediction alone."""
         if image.device.type == "cuda":
             torch.cuda.synchronize(image.device)
         start = time.perf_counter()
-        pred = self(image)
+        pred = self(image, generator)
         if image.device.type == "cuda":
             torch.cuda.synchronize(image.device)
         return pred, time.perf_counter() - start
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        pred = self(batch["image"])
+        pred = self(batch["image"], self.eval_generator(batch))
         self.val_metrics.update(pred.probs, batch["mask"], batch.get("valid"))
         return {"prediction": pred}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        pred, seconds = self._timed_forward(batch["image"])
+        pred, seconds = self._timed_forward(batch["image"], self.eval_generator(batch))
         rows = self.test_metrics.update(pred.probs, batch["mask"], batch.get("valid"),
                                         samples=pred.samples)
         n_samples = 1 if pred.samples is None else int(pred.samples.shape[1])
