@@ -1,0 +1,130 @@
+"""Reading images and masks from disk into numpy, with clear errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from segflow.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".pgm", ".ppm")
+
+
+def _decode(path: Path) -> np.ndarray:
+    """Decode any supported file to an array (H, W) or (H, W, C), RGB(A) channel order."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist or is not a file; check the data folder path")
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is not None and arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    if arr is None:  # OpenCV builds without GIF (or odd TIFFs): fall back to Pillow
+        try:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                if im.mode == "P":
+                    im = im.convert("RGB")
+                arr = np.asarray(im)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"
+            raise DataError(
+                f"cannot read {path}: the file is corrupt or not an image ({type(exc).__name__}); "
+                f"re-export it (PNG recommended) or remove it from the folder"
+            ) from None
+    if arr.size == 0:
+        raise DataError(f"{path} decodes to an empty image; re-export it or remove it")
+    return arr
+
+
+def _to_unit_float(arr: np.ndarray) -> np.ndarray:
+    """Integer or float pixels → float32 in [0, 1] (8-bit /255, 16-bit /65535)."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    if arr.dtype == bool:
+        return arr.astype(np.float32)
+    arr = arr.astype(np.float32)
+    hi = float(arr.max()) if arr.size else 1.0
+    return arr / hi if hi > 1.0 else arr
+
+
+def read_image(path: str | Path, channels: int = 1, gray_from: str = "luma") -> np.ndarray:
+    """Read an image as float32 (H, W, channels) in [0, 1].
+
+    Args:
+        path: image file (PNG/JPG/TIF/BMP/GIF/PGM; 8- or 16-bit; gray, RGB or RGBA).
+        channels: 1 (grayscale) or 3 (RGB). Gray files are repeated to 3 channels.
+        gray_from: how colour becomes one channel: ``luma`` (ITU-R 601) or ``green``
+            (the usual choice for fundus images, where vessels contrast best).
+    """
+    path = Path(path)
+    img = _to_unit_float(_decode(path))
+    if img.ndim == 3 and img.shape[2] == 4:  # drop alpha
+        img = img[..., :3]
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if channels == 1:
+        if img.ndim == 3:
+            if gray_from == "green":
+                img = img[..., 1]
+            elif gray_from == "luma":
+                img = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            else:
+                raise ValueError(f"gray_from must be 'luma' or 'green', got {gray_from!r}")
+        return np.ascontiguousarray(img[..., None], dtype=np.float32)
+    if channels == 3:
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        return np.ascontiguousarray(img, dtype=np.float32)
+    raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a binary mask as uint8 (H, W) in {0, 1}.
+
+    Masks may be 0/1, 0/255 or 0/65535, gray or colour (any non-zero channel counts).
+    A non-binary mask (e.g. anti-aliased or JPEG-compressed) is thresholded at half its
+    range, with a warning that counts the pixels that were neither 0 nor the maximum.
+    """
+    path = Path(path)
+    arr = _decode(path)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
+    if arr.dtype == np.uint8:
+        top = 255 if arr.max() > 1 else 1
+    elif arr.dtype == np.uint16:
+        top = 65535 if arr.max() > 255 else (255 if arr.max() > 1 else 1)
+    else:
+        arr = arr.astype(np.float32)
+        top = float(arr.max()) if arr.max() > 1 else 1.0
+    off = int(np.count_nonzero((arr != 0) & (arr != top)))
+    if off:
+        log.warning(
+            "mask %s is not binary: %d pixels are neither 0 nor %s; thresholded at %s",
+            path, off, top, top / 2,
+        )
+    return (arr > top / 2).astype(np.uint8)
+
+
+def list_images(folder: Path) -> dict[str, Path]:
+    """Map file stem → path for the image files of ``folder`` (sorted, hidden files skipped).
+
+    Raises:
+        DataError: two files share a stem (``a.png`` and ``a.tif``): the pairing would be ambiguous.
+    """
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in IMAGE_EXTS:
+            continue
+        if p.stem in found:
+            raise DataError(
+                f"{found[p.stem]} and {p} have the same name stem in {folder}; "
+                f"keep one of them so images and labels pair unambiguously"
+            )
+        found[p.stem] = p
+    return found
