@@ -1,6 +1,7 @@
 """Methods: training objectives with matching samplers (no Lightning, no Hydra)."""
 
 from segflow.methods.base import GenerativeMethod, Method, Prediction
+from segflow.methods.diffusion import Diffusion
 from segflow.methods.supervised import Supervised
 
-__all__ = ["GenerativeMethod", "Method", "Prediction", "Supervised"]
+__all__ = ["Diffusion", "GenerativeMethod", "Method", "Prediction", "Supervised"]

@@ -2,6 +2,7 @@
 
 from segflow.networks.base import Denoiser, SegNet
 from segflow.networks.csnet import CSNet
+from segflow.networks.medsegdiff import MedSegDiff
 from segflow.networks.unet import UNet
 
-__all__ = ["CSNet", "Denoiser", "SegNet", "UNet"]
+__all__ = ["CSNet", "Denoiser", "MedSegDiff", "SegNet", "UNet"]
