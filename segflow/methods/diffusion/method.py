@@ -125,7 +125,8 @@ class Diffusion(GenerativeMethod):
         eps then recomputed from it so the pair stays consistent with ``x_t``)."""
         ab = self.schedule.alpha_bar(step)
         alpha, sigma = ab**0.5, (1.0 - ab) ** 0.5
-        out = net(x_t, self.schedule.time(step, x_t.shape[0], x_t.device), image).float()
+        t = self.schedule.time(step, x_t.shape[0], x_t.device)
+        out = net(x_t.to(image.dtype), t, image).float()
         x0, eps = x0_eps_of(self.prediction, out, x_t, alpha, sigma)
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
