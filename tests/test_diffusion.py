@@ -36,8 +36,8 @@ def test_ff_parser_initialised_to_identity(hw):
 def test_ff_parser_filters_in_frequency():
     ff = FFParser(channels=1, size=16)
     with torch.no_grad():
-        ff.weight.zero_()
-        ff.weight[:, 0, 8, 0] = 1.0  # keep only the zero frequency (centred row 8, col 0)
+        ff.delta[:, 0] = -1.0  # A = 0 ...
+        ff.delta[:, 0, 8, 0] = 0.0  # ... except at the zero frequency (centred row 8, col 0)
     x = torch.randn(1, 1, 16, 16)
     torch.testing.assert_close(ff(x), x.mean().expand_as(x), atol=1e-5, rtol=1e-5)
     # The stored map is used as is at its own size and resized at others.

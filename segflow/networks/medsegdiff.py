@@ -89,8 +89,10 @@ class FFParser(nn.Module):
     with a learnable complex, per-channel attentive map ``A`` over the 2-D spectrum,
     initialised to 1 (identity).
 
-    The paper's ``A`` has the feature map's shape. Here ``A`` is stored at the spectrum
-    shape of a ``size`` × ``size`` feature (the training crop at this level) and resized
+    ``A = 1 + delta`` with the learnable ``delta`` starting at 0, so weight decay pulls
+    the filter towards the identity rather than towards suppressing every frequency.
+    The paper's ``A`` has the feature map's shape. Here it is stored at the spectrum shape
+    of a ``size`` × ``size`` feature (the training crop at this level) and resized
     bilinearly over the frequency grid (zero frequency centred) when whole images of
     another size are segmented; at ``size`` itself the resize is exact.
 
@@ -102,19 +104,18 @@ class FFParser(nn.Module):
     def __init__(self, channels: int, size: int):
         super().__init__()
         size = max(2, int(size))
-        weight = torch.zeros(channels, 2, size, size // 2 + 1)
-        weight[:, 0] = 1.0  # real part 1, imaginary 0: identity
-        self.weight = nn.Parameter(weight)  # (C, re/im, rows centred, cols 0..size/2)
+        # (C, real/imag, rows with zero frequency centred, cols 0..size/2) as rfft2 gives.
+        self.delta = nn.Parameter(torch.zeros(channels, 2, size, size // 2 + 1))
 
     def attentive_map(self, h: int, w: int) -> Tensor:
-        """Complex (C, h, w // 2 + 1) map in the layout of ``torch.fft.rfft2`` output."""
-        c, _, rows, cols = self.weight.shape
-        wgt = self.weight
+        """Complex (C, h, w // 2 + 1) map ``A`` in the layout of ``torch.fft.rfft2`` output."""
+        c, _, rows, cols = self.delta.shape
+        delta = self.delta
         if (rows, cols) != (h, w // 2 + 1):
-            wgt = F.interpolate(wgt.reshape(1, 2 * c, rows, cols), size=(h, w // 2 + 1),
-                                mode="bilinear", align_corners=True).reshape(c, 2, h, w // 2 + 1)
-        wgt = torch.fft.ifftshift(wgt, dim=-2)  # centred rows → FFT order
-        return torch.complex(wgt[:, 0].float(), wgt[:, 1].float())
+            delta = F.interpolate(delta.reshape(1, 2 * c, rows, cols), size=(h, w // 2 + 1),
+                                  mode="bilinear", align_corners=True).reshape(c, 2, h, w // 2 + 1)
+        delta = torch.fft.ifftshift(delta.float(), dim=-2)  # centred rows → FFT order
+        return torch.complex(1.0 + delta[:, 0], delta[:, 1])
 
     def forward(self, x: Tensor) -> Tensor:
         """Args: x (B, C, H, W). Returns: filtered (B, C, H, W), same dtype."""
