@@ -1,7 +1,8 @@
 """Methods: training objectives with matching samplers (no Lightning, no Hydra)."""
 
 from segflow.methods.base import GenerativeMethod, Method, Prediction
+from segflow.methods.diffusion import Diffusion
 from segflow.methods.flow import FlowMatching
 from segflow.methods.supervised import Supervised
 
-__all__ = ["FlowMatching", "GenerativeMethod", "Method", "Prediction", "Supervised"]
+__all__ = ["Diffusion", "FlowMatching", "GenerativeMethod", "Method", "Prediction", "Supervised"]

@@ -1,0 +1,132 @@
+"""Reverse-process update rules on a sub-grid of the training steps.
+
+Every sampler walks the same descending grid ``k_1 = T-1 > ... > k_S = 0`` (S network
+evaluations) and finishes with a jump from ``k_S`` to the clean end (ᾱ = 1), where
+each rule below reduces to "return the predicted x0". Each step function maps the state
+at one grid step to the next, given the denoiser's ``(x0, eps)`` there, with
+``ab``/``ab_next`` the ᾱ of the two steps (``ab_next = 1`` at the clean end).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SAMPLERS = ("ddpm", "ddim", "dpm_solver")
+SPACINGS = ("uniform", "logsnr")
+
+
+def step_grid(timesteps: int, steps: int | None, spacing: str = "uniform",
+              log_snr: Tensor | None = None) -> list[int]:
+    """The descending training steps a sampler evaluates the network at.
+
+    ``steps = None`` (or T) is the full chain ``T-1, ..., 0``. Fewer steps always start at
+    ``T-1`` (closest to pure noise, so the first input really is ≈ N(0, I)), end at 0,
+    and are spread
+
+    * ``uniform``: evenly over the step index (DDIM's "linear" selection; DDPM respacing);
+    * ``logsnr``: evenly over λ = log(alpha/sigma), the spacing Lu et al. recommend for
+      DPM-Solver; needs ``log_snr`` (T,). Near step 0, λ changes fast per step, and the
+      multistep solver's extrapolation is unstable on index-uniform grids there.
+
+    Rounded to integers and made strictly decreasing, so there are exactly ``steps`` NFE.
+
+    Raises:
+        ValueError: steps < 1 or > T, or an unknown spacing.
+    """
+    if steps is None:
+        steps = timesteps
+    steps = int(steps)
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"sampling steps must be in [1, {timesteps}] (the training timesteps), got {steps}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"sampling spacing must be one of {list(SPACINGS)}, got {spacing!r}")
+    if steps == 1:
+        return [timesteps - 1]
+    if spacing == "uniform":
+        positions = np.linspace(timesteps - 1, 0, steps)
+    else:
+        assert log_snr is not None and log_snr.shape == (timesteps,)
+        lam = log_snr.double().numpy()  # decreasing in the step index
+        targets = np.linspace(lam[-1], lam[0], steps)
+        positions = np.interp(targets, lam[::-1], np.arange(timesteps)[::-1])
+    grid = [timesteps - 1]
+    for i, pos in enumerate(positions[1:], start=1):
+        # Strictly below the previous step, and leave room for the steps still to come.
+        grid.append(max(min(int(round(pos)), grid[-1] - 1), steps - 1 - i))
+    return grid
+
+
+def ddpm_step(x_t: Tensor, x0: Tensor, ab: float, ab_next: float,
+              generator: torch.Generator | None = None) -> Tensor:
+    """Ancestral sampling from the posterior q(x_next | x_t, x0) (Ho et al. 2020, eqs. 6-7).
+
+    On a respaced grid the step's β is ``1 - ab / ab_next`` (Nichol & Dhariwal 2021), so
+    the full chain and shorter chains share one formula. Posterior mean
+    ``sqrt(ab_next) β / (1-ab) · x0 + sqrt(1-β) (1-ab_next) / (1-ab) · x_t`` and variance
+    ``β (1-ab_next) / (1-ab)`` (zero at the clean end).
+    """
+    beta = 1.0 - ab / ab_next
+    mean = (math.sqrt(ab_next) * beta / (1 - ab)) * x0 \
+        + (math.sqrt(1 - beta) * (1 - ab_next) / (1 - ab)) * x_t
+    var = beta * (1 - ab_next) / (1 - ab)
+    if var <= 0:
+        return mean
+    noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+    return mean + math.sqrt(var) * noise
+
+
+def ddim_step(x_t: Tensor, x0: Tensor, eps: Tensor, ab: float, ab_next: float, eta: float = 0.0,
+              generator: torch.Generator | None = None) -> Tensor:
+    """DDIM (Song, Meng & Ermon, ICLR 2021, eq. 12).
+
+    ``x_next = sqrt(ab_next) x0 + sqrt(1 - ab_next - s²) eps + s z`` with
+    ``s = eta · sqrt((1-ab_next)/(1-ab)) · sqrt(1 - ab/ab_next)``: deterministic for
+    ``eta = 0``; ``eta = 1`` is the DDPM posterior (same mean and variance as :func:`ddpm_step`).
+    """
+    s2 = eta**2 * (1 - ab_next) / (1 - ab) * (1 - ab / ab_next)
+    out = math.sqrt(ab_next) * x0 + math.sqrt(max(1 - ab_next - s2, 0.0)) * eps
+    if s2 <= 0:
+        return out
+    noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+    return out + math.sqrt(s2) * noise
+
+
+def log_snr_half(ab: float) -> float:
+    """λ = log(alpha / sigma) = ½ log(ᾱ / (1 - ᾱ)), the DPM-Solver time variable."""
+    return 0.5 * (math.log(ab) - math.log1p(-ab))
+
+
+class DPMSolverPP2M:
+    """DPM-Solver++(2M): multistep second-order solver of the diffusion ODE in data
+    prediction (Lu et al., "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion
+    Probabilistic Models", 2022, Algorithm 2).
+
+    With ``λ = log(alpha/sigma)`` and ``h = λ_next - λ``, one step is
+    ``x_next = (sigma_next / sigma) x - alpha_next (e^{-h} - 1) D``, where ``D`` is the
+    current x0 prediction for the first step (first order, = DDIM) and
+    ``(1 + 1/(2r)) x0 - 1/(2r) x0_prev`` with ``r = h_prev / h`` afterwards. The final
+    jump to the clean end (λ = ∞) is first order: it returns the current x0 prediction.
+    Stateful across one trajectory: make a new instance per sampling run.
+    """
+
+    def __init__(self) -> None:
+        self.prev_x0: Tensor | None = None
+        self.prev_h: float | None = None
+
+    def step(self, x_t: Tensor, x0: Tensor, ab: float, ab_next: float) -> Tensor:
+        if ab_next >= 1.0:
+            return x0
+        lam, lam_next = log_snr_half(ab), log_snr_half(ab_next)
+        h = lam_next - lam
+        if self.prev_x0 is None or self.prev_h is None:
+            d = x0
+        else:
+            r = self.prev_h / h
+            d = (1 + 0.5 / r) * x0 - (0.5 / r) * self.prev_x0
+        self.prev_x0, self.prev_h = x0, h
+        sigma_ratio = math.sqrt((1 - ab_next) / (1 - ab))
+        return sigma_ratio * x_t - math.sqrt(ab_next) * math.expm1(-h) * d

@@ -1,0 +1,179 @@
+"""Closed-form checks of the diffusion schedule, conversions and samplers."""
+
+import math
+
+import pytest
+import torch
+
+from segflow.methods import Diffusion
+from segflow.methods.diffusion import (
+    DPMSolverPP2M,
+    NoiseSchedule,
+    ddim_step,
+    ddpm_step,
+    step_grid,
+    target_of,
+    x0_eps_of,
+)
+from segflow.networks import Denoiser
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("timesteps", [1000, 50])
+def test_alpha_bar_decreases_from_one_to_zero(schedule, timesteps):
+    ab = NoiseSchedule(schedule, timesteps).alphas_cumprod
+    assert ab.shape == (timesteps,)
+    assert torch.all(ab[1:] < ab[:-1])
+    assert ab[0] > 0.99 and ab[-1] < 1e-3
+
+
+def test_unknown_schedule_and_prediction_are_value_errors():
+    with pytest.raises(ValueError, match="schedule"):
+        Diffusion(schedule="quadratic")
+    with pytest.raises(ValueError, match="prediction"):
+        Diffusion(prediction="score")
+
+
+@pytest.mark.parametrize("step", [0, 300, 999])
+def test_q_sample_mean_and_variance_match_closed_form(step):
+    sched = NoiseSchedule("linear", 1000)
+    g = torch.Generator().manual_seed(0)
+    n = 200_000
+    x0 = torch.full((n,), 0.7)
+    noise = torch.randn(n, generator=g)
+    x = sched.q_sample(x0, torch.full((n,), step), noise)
+    ab = float(sched.alphas_cumprod[step])
+    mean, var = math.sqrt(ab) * 0.7, 1 - ab
+    # 6 standard errors of the sample mean / variance of a Gaussian.
+    assert abs(x.mean().item() - mean) < 6 * math.sqrt(var / n) + 1e-6
+    assert abs(x.var().item() - var) < 6 * var * math.sqrt(2 / n) + 1e-9
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_eps_x0_v_conversions_invert_each_other(prediction):
+    sched = NoiseSchedule("cosine", 1000)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(8, 1, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(8, 1, 4, 4, generator=g, dtype=torch.float64)
+    step = torch.tensor([0, 1, 10, 100, 500, 900, 998, 999])
+    alpha, sigma = sched.alpha_sigma(step, x0)
+    x_t = alpha * x0 + sigma * eps
+    out = target_of(prediction, x0, eps, alpha, sigma)
+    x0_back, eps_back = x0_eps_of(prediction, out, x_t, alpha, sigma)
+    # float64: even x0 = (x_t - sigma eps) / alpha at the last step (alpha ≈ 1e-4) is exact.
+    torch.testing.assert_close(x0_back, x0, atol=1e-8, rtol=1e-6)
+    torch.testing.assert_close(eps_back, eps, atol=1e-8, rtol=1e-6)
+    # And the three targets agree with each other through x_t.
+    v = target_of("v", x0, eps, alpha, sigma)
+    torch.testing.assert_close(alpha * x_t - sigma * v, x0, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(sigma * x_t + alpha * v, eps, atol=1e-10, rtol=1e-8)
+
+
+def test_step_grid():
+    assert step_grid(1000, None) == list(range(999, -1, -1))
+    assert step_grid(50, 50) == list(range(49, -1, -1))
+    assert step_grid(1000, 1) == [999]
+    log_snr = NoiseSchedule("linear", 1000).log_snr
+    for spacing in ("uniform", "logsnr"):
+        for steps in (2, 10, 50, 200, 1000):
+            grid = step_grid(1000, steps, spacing, log_snr)
+            assert len(grid) == steps and grid[0] == 999 and grid[-1] == 0
+            assert all(a > b for a, b in zip(grid, grid[1:], strict=False))
+    # uniform: even in the index; logsnr: even in λ (up to integer rounding).
+    assert step_grid(1000, 4, "uniform") == [999, 666, 333, 0]
+    lam = log_snr[step_grid(1000, 10, "logsnr", log_snr)]
+    gaps = (lam[1:] - lam[:-1]).numpy()
+    assert gaps.min() > 0 and gaps.max() < 1.5 * gaps.min()
+    for bad in (0, 1001):
+        with pytest.raises(ValueError, match="sampling steps"):
+            step_grid(1000, bad)
+    with pytest.raises(ValueError, match="spacing"):
+        step_grid(1000, 10, "quadratic")
+
+
+def test_ddpm_step_is_ddim_with_eta_one():
+    """Same posterior mean and variance: with the same noise draw the outputs agree."""
+    g = torch.Generator().manual_seed(2)
+    x_t, x0 = torch.randn(3, 1, 8, 8, generator=g), torch.randn(3, 1, 8, 8, generator=g)
+    for ab, ab_next in [(0.3, 0.5), (0.01, 0.9), (0.9, 0.95), (0.5, 1.0)]:
+        eps = (x_t - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+        a = ddpm_step(x_t, x0, ab, ab_next, torch.Generator().manual_seed(7))
+        b = ddim_step(x_t, x0, eps, ab, ab_next, 1.0, torch.Generator().manual_seed(7))
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # At the clean end both return the predicted x0 exactly.
+    torch.testing.assert_close(ddpm_step(x_t, x0, 0.5, 1.0), x0)
+
+
+def test_dpm_solver_first_step_is_ddim():
+    g = torch.Generator().manual_seed(3)
+    x_t, x0 = torch.randn(2, 1, 8, 8, generator=g), torch.randn(2, 1, 8, 8, generator=g)
+    ab, ab_next = 0.2, 0.6
+    eps = (x_t - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+    torch.testing.assert_close(DPMSolverPP2M().step(x_t, x0, ab, ab_next),
+                               ddim_step(x_t, x0, eps, ab, ab_next, 0.0), atol=1e-5, rtol=1e-5)
+
+
+class GaussianOracle(Denoiser):
+    """The exact denoiser of data x0 ~ N(mean, std²) (independent pixels), as eps-prediction:
+    E[x0 | x_t] = mean + alpha std² / (alpha² std² + sigma²) · (x_t - alpha mean)."""
+
+    in_channels, out_channels = 1, 1
+
+    def __init__(self, schedule: NoiseSchedule, mean: float, std: float):
+        super().__init__()
+        self.schedule, self.mean, self.std = schedule, mean, std
+        self.calls = 0
+
+    def forward(self, x_t, t, image):
+        self.calls += 1
+        step = torch.round(t * self.schedule.timesteps).long()
+        alpha, sigma = self.schedule.alpha_sigma(step, x_t)
+        x0 = self.mean + alpha * self.std**2 / (alpha**2 * self.std**2 + sigma**2) * (x_t - alpha * self.mean)
+        return (x_t - alpha * x0) / sigma
+
+
+def _sample_moments(sampler: str, steps: int | None, eta: float = 0.0, n: int = 20_000,
+                    mean: float = 0.3, std: float = 0.2) -> tuple[float, float, int]:
+    method = Diffusion(timesteps=1000, schedule="linear", sampler=sampler, steps=steps, eta=eta,
+                       clip_x0=False)
+    net = GaussianOracle(method.schedule, mean, std)
+    g = torch.Generator().manual_seed(4)
+    noise = torch.randn(1, 1, 1, n, generator=g, dtype=torch.float64)
+    x, nfe = method.sample(net, torch.zeros(1, 1, 1, n), noise, g)
+    assert nfe == net.calls
+    return x.mean().item(), x.std().item(), nfe
+
+
+def test_samplers_recover_gaussian_data_and_dpm_solver_beats_ddim_at_10_steps():
+    mean, std = 0.3, 0.2
+    errors = {}
+    for sampler, steps in [("ddim", 10), ("ddim", 50), ("dpm_solver", 10), ("dpm_solver", 20)]:
+        m, s, nfe = _sample_moments(sampler, steps, mean=mean, std=std)
+        assert nfe == steps
+        errors[(sampler, steps)] = abs(s - std)
+        assert abs(m - mean) < 0.01, (sampler, steps, m)
+    # Few-step DDIM shrinks the spread (first-order error), more steps fix it; the
+    # second-order DPM-Solver++ is within a few percent already at 10 steps.
+    assert errors[("ddim", 10)] > 0.05 and errors[("ddim", 50)] < 0.03, errors
+    assert errors[("dpm_solver", 10)] < 0.01 and errors[("dpm_solver", 20)] < 0.01, errors
+    assert errors[("dpm_solver", 10)] < 0.2 * errors[("ddim", 10)], errors
+
+
+def test_full_ddpm_recovers_gaussian_data():
+    m, s, nfe = _sample_moments("ddpm", None, n=4000)
+    assert nfe == 1000
+    assert abs(m - 0.3) < 0.02 and abs(s - 0.2) < 0.02, (m, s)
+
+
+def test_ddim_eta_zero_is_deterministic_and_eta_one_is_not():
+    method = Diffusion(timesteps=100, sampler="ddim", steps=10, eta=0.0, clip_x0=False)
+    net = GaussianOracle(method.schedule, 0.0, 0.5)
+    noise = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    image = torch.zeros(1, 1, 4, 4)
+    a, _ = method.sample(net, image, noise, torch.Generator().manual_seed(1))
+    b, _ = method.sample(net, image, noise, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    noisy = method.with_settings(eta=1.0)
+    c, _ = noisy.sample(net, image, noise, torch.Generator().manual_seed(1))
+    d, _ = noisy.sample(net, image, noise, torch.Generator().manual_seed(2))
+    assert not torch.allclose(c, d)
