@@ -5,7 +5,7 @@ BG      ?= 0
 PORT    ?= 6006
 MODE    ?= quick
 # make sweep: the architectures and dataset of the predefined sweep.
-MODELS  ?= unet,csnet
+MODELS  ?= unet,csnet,medsegdiff_small,flow_small
 DATA    ?= synthetic_xca
 # make sweep-lr: one model, these peak learning rates.
 MODEL   ?= unet
@@ -35,7 +35,7 @@ else
 	$(PY) -m segflow.train $(ARGS)
 endif
 
-sweep:  ## the architecture sweep: MODELS=unet,csnet DATA=synthetic_xca [LAUNCHER=joblib] [ARGS=...]
+sweep:  ## the architecture sweep: MODELS=unet,csnet,medsegdiff_small,flow_small DATA=synthetic_xca [LAUNCHER=joblib] [ARGS=...]
 	$(PY) -m segflow.train -m model=$(MODELS) data=$(DATA) launcher=$(LAUNCHER) sweep_name=arch_$(DATA) $(ARGS)
 
 sweep-lr:  ## a learning-rate sweep: MODEL=unet LRS=1e-4,3e-4,1e-3,3e-3 DATA=... [ARGS=...]
