@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,26 @@ def settings_tag(split: str, settings: dict[str, Any], data_name: str | None = N
     return "_".join(str(p).replace("/", "-").replace(" ", "") for p in parts)
 
 
+def _rebase_split_dirs(data_cfg: DictConfig, stored: DictConfig, given: Any) -> None:
+    """``data.root=<new>`` moves the split folders with it.
+
+    The stored config is resolved, so its ``train_dir`` / ``val_dir`` / ``test_dir`` are
+    literal paths under the old root (``data/drive/train``); without this, editing only
+    ``data.root`` (the data moved, or the run came from another machine) would still read
+    the old folders. A split folder the user set explicitly is left as given.
+    """
+    old_root, new_root = stored.get("root"), data_cfg.get("root")
+    if not old_root or not new_root or str(old_root) == str(new_root):
+        return
+    for key in ("train_dir", "val_dir", "test_dir"):
+        value = stored.get(key)
+        if value is None or key in given:
+            continue
+        rel = os.path.relpath(str(value), str(old_root))
+        if not rel.startswith(".."):
+            data_cfg[key] = os.path.join(str(new_root), rel)
+
+
 def build_datamodule(cfg: DictConfig, stored: DictConfig, split: str) -> tuple[Any, str | None]:
     """The datamodule to evaluate on, its test split pointing at ``split``.
 
@@ -124,6 +145,7 @@ def build_datamodule(cfg: DictConfig, stored: DictConfig, split: str) -> tuple[A
         data_cfg, other = given, str(given.get("name", "data"))
     else:  # the run's own data config, with any data.* edits merged in
         data_cfg = OmegaConf.merge(stored.data, given or {})
+        _rebase_split_dirs(data_cfg, stored.data, given or {})
         other = None
     datamodule = instantiate(data_cfg)
     if split not in datamodule.split_dirs:

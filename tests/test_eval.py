@@ -105,6 +105,25 @@ def test_eval_on_another_dataset_with_model_overrides(tiny_runs, monkeypatch):
     assert summary["specificity"] <= default["specificity"]
 
 
+def test_editing_data_root_moves_the_stored_split_folders(tiny_runs, tmp_path):
+    """The stored config is resolved (``train_dir: <root>/train``); ``data.root=<new>``
+    alone must read the splits under the new root (data moved, run from another machine)."""
+    import shutil
+    from pathlib import Path
+
+    run = tiny_runs.get("unet")
+    common = ["split=val", "trainer=cpu", "save_images=false"]
+    (before,) = evaluate(_compose([f"run_dir={run}", *common, f"output_dir={tmp_path / 'a'}"]))
+    split_dir = Path(json.loads((tmp_path / "a" / "val" / "metrics.json").read_text())["split_dir"])
+    moved = tmp_path / "moved"
+    shutil.copytree(split_dir.parent, moved)
+    (after,) = evaluate(_compose([f"run_dir={run}", *common, f"data.root={moved}",
+                                  f"output_dir={tmp_path / 'b'}"]))
+    result = json.loads((tmp_path / "b" / "val" / "metrics.json").read_text())
+    assert Path(result["split_dir"]) == moved / split_dir.name
+    assert after["dice"] == pytest.approx(before["dice"])
+
+
 def test_raw_and_ema_weights(tiny_runs):
     run = tiny_runs.get("toy_flow")  # trained with model.ema_decay
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
