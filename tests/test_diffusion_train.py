@@ -5,7 +5,6 @@ import json
 import time
 
 import numpy as np
-import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
@@ -66,7 +65,7 @@ def test_medsegdiff_small_preset_composes_and_runs(train):
     assert summary["model"] == "medsegdiff_small" and "dice" in summary["test"]
 
 
-@pytest.mark.slow
+# Not `slow`: ~50 s on 2 idle CPU cores (Dice 0.999 / >= 0.998 when measured), so CI runs it.
 def test_medsegdiff_overfits_one_synthetic_batch():
     """Dice >= 0.9 of the sampled masks on the batch it was trained on."""
     torch.manual_seed(0)
