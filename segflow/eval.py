@@ -35,7 +35,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segflow.callbacks.prediction_writer import TestPredictionWriter
 from segflow.config import checkpoint_path, load_checkpoint, load_module
-from segflow.errors import ConfigError
+from segflow.errors import ConfigError, exit_on_user_error
 from segflow.outputs import (
     TABLE_METRICS,
     columns_of,
@@ -257,16 +257,8 @@ def write_grid(folder: Path, rows: list[dict[str, Any]], keys: list[str]) -> Non
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
-    from segflow.train import find_user_error
-
-    try:
+    with exit_on_user_error(log):
         evaluate(cfg)
-    except Exception as exc:
-        user_error = find_user_error(exc)
-        if user_error is None:
-            raise
-        log.error("%s", user_error)
-        sys.exit(2)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
 from segflow.data.io import IMAGE_EXTS, list_images, read_image
-from segflow.errors import DataError
+from segflow.errors import DataError, exit_on_user_error
 from segflow.eval import load_for_eval, open_key_overrides, run_folder
 from segflow.metrics import betti_numbers, member_topology
 from segflow.outputs import save_prediction_pngs, write_csv
@@ -115,16 +115,8 @@ def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def _hydra_main(cfg: DictConfig) -> None:
-    from segflow.train import find_user_error
-
-    try:
+    with exit_on_user_error(log):
         predict_folder(cfg)
-    except Exception as exc:
-        user_error = find_user_error(exc)
-        if user_error is None:
-            raise
-        log.error("%s", user_error)
-        sys.exit(2)
 
 
 def main() -> None:

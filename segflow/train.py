@@ -35,7 +35,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
 from segflow.config import build_many
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
-from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError
+from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError, exit_on_user_error
 from segflow.resume import fingerprint, resolve_resume
 
 log = logging.getLogger("segflow.train")
@@ -208,30 +208,11 @@ def _stop_cleanly(cfg: DictConfig, trainer: pl.Trainer | None,
         sys.exit(0 if is_ddp_child() else 128 + int(signum))
 
 
-def find_user_error(exc: BaseException) -> SegflowError | None:
-    """The user-facing error behind ``exc``, looking through wrappers such as Hydra's
-    ``InstantiationException`` (which chains the original as ``__cause__``)."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, SegflowError):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the objective for Hydra sweepers (validation Dice, else test Dice)."""
-    try:
+    with exit_on_user_error(log):
         summary = train(cfg)
-    except Exception as exc:
-        user_error = find_user_error(exc)
-        if user_error is None:
-            raise
-        log.error("%s", user_error)
-        sys.exit(2)
     score = summary.get("best_val_dice")
     if score is None:
         score = summary.get("test", {}).get("dice")

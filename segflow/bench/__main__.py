@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import shlex
-import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segflow.bench.runner import run_bench
-from segflow.train import find_user_error
+from segflow.errors import exit_on_user_error
 
 log = logging.getLogger("segflow.bench")
 
@@ -31,14 +30,8 @@ def main(cfg: DictConfig) -> None:
     hydra_args = [o for o in hc.overrides.hydra if not o.startswith("hydra.mode=")]
     command = " ".join(["python -m segflow.bench",
                         *map(shlex.quote, [*hydra_args, *hc.overrides.task])])
-    try:
+    with exit_on_user_error(log):
         run_bench(cfg, hc.runtime.output_dir, command)
-    except Exception as exc:
-        user_error = find_user_error(exc)
-        if user_error is None:
-            raise
-        log.error("%s", user_error)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
