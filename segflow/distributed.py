@@ -168,3 +168,12 @@ OmegaConf.register_new_resolver(
     "segflow.rank_log",
     lambda stem: f"{stem}.log" if env_global_rank() == 0 else f"{stem}_rank{env_global_rank()}.log",
     replace=True)
+
+
+def all_gather_object(obj: object) -> list:
+    """``obj`` from every rank, in rank order (``[obj]`` outside a process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]

@@ -18,9 +18,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segflow.errors import ConfigError
 from segflow.methods.base import GenerativeMethod, Method, Prediction
 
 INFERENCE_KEYS = ("tile_size", "overlap", "max_whole_size", "sigma_scale", "tile_batch")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``; anything else as given.
+
+    Raises:
+        ConfigError: a CUDA device was asked for on a machine without one.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu "
+                          f"(or device=auto)")
+    return device
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from segflow.callbacks.ema import EMA
+from segflow.distributed import all_gather_object
 from segflow.inference import check_inference, predict_image
 from segflow.methods.base import Method, Prediction
 from segflow.metrics import EvalMetrics, VesselMetrics
@@ -158,11 +158,7 @@ class SegModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         results = self._log_epoch_metrics("test", self.test_metrics)
-        rows = self.test_rows
-        if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
-            gathered: list[Any] = [None] * self.trainer.world_size
-            dist.all_gather_object(gathered, rows)
-            rows = [r for part in gathered for r in part]
+        rows = [r for part in all_gather_object(self.test_rows) for r in part]
         self.test_rows = sorted(rows, key=lambda r: str(r["name"]))
         if self.test_rows:  # sampling cost, averaged over every image of every rank
             for key in ("nfe", "n_samples", "nfe_per_image"):

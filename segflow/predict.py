@@ -30,6 +30,7 @@ from rich.progress import track
 from segflow.data.io import IMAGE_EXTS, list_images, read_image
 from segflow.errors import DataError, exit_on_user_error
 from segflow.eval import load_for_eval, open_key_overrides, run_folder
+from segflow.inference import resolve_device
 from segflow.metrics import betti_numbers, member_topology
 from segflow.outputs import save_prediction_pngs, write_csv
 
@@ -47,16 +48,6 @@ OmegaConf.register_new_resolver(
     "segflow_predict_dir", lambda out, run, inp: str(output_folder(out, run, inp)), replace=True)
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` → the first CUDA device when there is one, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"device={name} but no CUDA device is visible; use device=cpu")
-    return device
-
-
 @torch.no_grad()
 def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
     """Segment every image of ``cfg.input_dir``; returns the rows of ``predictions.csv``."""
@@ -68,7 +59,7 @@ def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
         raise DataError(f"no images in {input_dir} (looked for {', '.join(IMAGE_EXTS)})")
     out = output_folder(cfg.get("output_dir"), cfg.run_dir, cfg.input_dir)
     module, stored, meta = load_for_eval(cfg)
-    device = pick_device(str(cfg.device))
+    device = resolve_device(str(cfg.device))
     module.to(device)
     data = stored.data
     channels = int(data.get("channels", 1))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from segflow.networks import ADMConcatUNet
-from segflow.networks.adm_unet import AttentionBlock, ResBlock, timestep_embedding
+from segflow.networks.layers import AttentionBlock, ResBlock, timestep_embedding
 
 
 def tiny(**kw) -> ADMConcatUNet:

@@ -46,3 +46,26 @@ def test_csnet_attention_starts_as_identity_and_learns():
 def test_unet_rejects_too_shallow():
     with pytest.raises(ValueError, match="depth"):
         UNet(depth=1)
+
+
+def test_shared_blocks_keep_each_networks_parameterisation():
+    """ADM and MedSegDiff build from the same blocks (segflow.networks.layers) but keep their
+    own GroupNorm rule (48 channels: 16 vs 24 groups) and head counts."""
+    import torch.nn as nn
+
+    from segflow.networks import ADMConcatUNet, MedSegDiff
+    from segflow.networks.layers import AttentionBlock, ResBlock, norm_groups
+
+    assert norm_groups(48, "gcd") == 16 and norm_groups(48, "divisor") == 24
+    assert norm_groups(64, "gcd") == norm_groups(64, "divisor") == 32
+    with pytest.raises(ValueError, match="GroupNorm rule"):
+        norm_groups(48, "largest")
+    adm = ADMConcatUNet(model_channels=48, channel_mult=(1,), num_blocks=1, image_size=16,
+                        num_head_channels=24)
+    msd = MedSegDiff(base_channels=48, channel_mult=(1,), fft_size=16)
+    for net, groups in ((adm, 16), (msd, 24)):
+        assert any(isinstance(m, ResBlock) for m in net.modules())
+        widths48 = [m for m in net.modules() if isinstance(m, nn.GroupNorm) and m.num_channels == 48]
+        assert widths48 and all(m.num_groups == groups for m in widths48)
+    assert [m.heads for m in adm.modules() if isinstance(m, AttentionBlock)] == [2]
+    assert [m.heads for m in msd.modules() if isinstance(m, AttentionBlock)] == [4]

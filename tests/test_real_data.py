@@ -67,7 +67,7 @@ def test_drive_metrics_count_only_fov_pixels(prepared):
 
 
 def test_loader_throughput_helper_times_augmented_crops():
-    from segflow.data.throughput import crops_per_second, default_augment
+    from segflow.bench.loader import crops_per_second, default_augment
 
     aug = default_augment()
     assert aug["hflip"] == 0.5 and "noise" in aug  # conf/data/folder.yaml's augment block

@@ -25,9 +25,10 @@ from segflow.bench.presets import (
 )
 from segflow.bench.report import to_markdown, write
 from segflow.bench.sampling import bench_sampling, ratio_table
-from segflow.bench.timing import autocast_dtype, device_name, resolve_device
+from segflow.bench.timing import autocast_dtype, device_name
 from segflow.bench.training import bench_training
 from segflow.errors import ConfigError
+from segflow.inference import resolve_device
 from segflow.methods.base import GenerativeMethod
 
 log = logging.getLogger("segflow.bench")

@@ -17,21 +17,6 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 }
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → ``cuda`` when available, else ``cpu``; anything else as given.
-
-    Raises:
-        ConfigError: a CUDA device was asked for on a machine without one.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu "
-                          f"(or device=auto)")
-    return device
-
-
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a Lightning precision name.
 

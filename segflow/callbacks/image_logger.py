@@ -7,9 +7,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
+
+from segflow.distributed import all_gather_object
 
 
 def _to_rgb(x: Tensor) -> Tensor:
@@ -92,11 +93,7 @@ class ValImageLogger(pl.Callback):
         self._val_epochs += 1
         if not active:
             return
-        grids = self._grids
-        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
-            gathered: list[Any] = [None] * trainer.world_size
-            dist.all_gather_object(gathered, grids)
-            grids = [g for part in gathered for g in part]
+        grids = [g for part in all_gather_object(self._grids) for g in part]
         if trainer.global_rank != 0:
             return
         for logger in trainer.loggers:

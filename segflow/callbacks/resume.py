@@ -16,6 +16,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from segflow.distributed import all_gather_object
+
 log = logging.getLogger(__name__)
 
 
@@ -52,7 +54,7 @@ class ExactResume(Callback):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         # Only rank 0's checkpoint is written: keep every rank's state in it.
-        gathered = _all_gather_object(state)
+        gathered = all_gather_object(state)
         return {"ranks": gathered}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -93,14 +95,6 @@ class ExactResume(Callback):
                         "see the data order of epoch %d", trainer.current_epoch, started)
             return
         iter(fetcher)  # a fresh iterator: the sampler now reads the restored epoch
-
-
-def _all_gather_object(obj: Any) -> list[Any]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        out: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(out, obj)
-        return out
-    return [obj]
 
 
 class InterruptCheckpoint(Callback):

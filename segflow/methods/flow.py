@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from segflow.methods.base import GenerativeMethod
+from segflow.methods.losses import masked_mean
 from segflow.methods.solvers import SOLVERS, solve
 
 PREDICTIONS = ("velocity", "x1")
@@ -142,13 +143,7 @@ class FlowMatching(GenerativeMethod):
         x_t = self.path(x0, x1, t, eps)
         out = net(x_t, t, image).float()  # loss in float32 under mixed precision
         target = self.target_velocity(x0, x1, t, eps) if self.prediction == "velocity" else x1
-        sq = (out - target).pow(2)
-        if valid is None:
-            mse = sq.mean()
-        else:
-            # Padding and out-of-FOV pixels carry no target.
-            w = valid.to(sq.dtype).expand_as(sq)
-            mse = (sq * w).sum() / w.sum().clamp_min(1.0)
+        mse = masked_mean((out - target).pow(2), valid)
         return {"loss": mse, "mse": mse.detach()}
 
     # -- sampling -------------------------------------------------------------------------

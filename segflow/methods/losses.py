@@ -7,6 +7,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def masked_mean(x: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean of ``x`` (B, C, H, W) over the pixels where ``valid`` (B, 1, H, W) is 1 (a
+    weighted mean for soft weights); the plain mean when ``valid`` is None. Padding and
+    out-of-FOV pixels carry no target, so every loss averages through this."""
+    if valid is None:
+        return x.mean()
+    weight = valid.to(x.dtype).expand_as(x)
+    return (x * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def _masked_sum(x: Tensor, valid: Tensor | None) -> Tensor:
     """Per-sample sum over (C, H, W) of ``x`` inside ``valid``. Returns (B,)."""
     if valid is not None:
@@ -25,10 +35,7 @@ def bce_loss(logits: Tensor, mask: Tensor, valid: Tensor | None = None,
     """
     pw = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device)
     per_pixel = F.binary_cross_entropy_with_logits(logits, mask, pos_weight=pw, reduction="none")
-    if valid is None:
-        return per_pixel.mean()
-    weight = valid.expand_as(per_pixel)
-    return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
+    return masked_mean(per_pixel, valid)
 
 
 def soft_dice_loss(probs: Tensor, mask: Tensor, valid: Tensor | None = None,

@@ -2,119 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from segflow.networks.base import Denoiser
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding (Vaswani et al. 2017) of (B,) times → (B, dim).
-
-    Frequencies are geometric from 1 to 1/max_period; cos and sin halves.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 (mixed precision loses the statistics in fp16).
-
-    Uses 32 groups as in ADM, or the largest divisor of the channel count below that
-    (so small test widths work).
-    """
-
-    def __init__(self, channels: int):
-        super().__init__(math.gcd(32, channels), channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).type(x.dtype)
-
-
-def zero_module(module: nn.Module) -> nn.Module:
-    """Zero a layer's parameters: residual branches and the output start as identity / zero."""
-    for p in module.parameters():
-        nn.init.zeros_(p)
-    return module
-
-
-class ResBlock(nn.Module):
-    """ADM residual block: GN → SiLU → [resample] → conv, then adaptive group norm
-    ``GN(h)·(1 + scale) + shift`` with (scale, shift) from the time embedding, SiLU,
-    dropout, zero-initialised conv; skip = identity or 1×1 conv. ``up``/``down`` make it
-    a BigGAN-style resampling block (nearest ×2 / average-pool ÷2 on both branches)."""
-
-    def __init__(self, in_ch: int, emb_dim: int, out_ch: int, dropout: float = 0.0,
-                 up: bool = False, down: bool = False, use_checkpoint: bool = False):
-        super().__init__()
-        assert not (up and down)
-        self.up, self.down, self.use_checkpoint = up, down, use_checkpoint
-        self.in_norm = GroupNorm32(in_ch)
-        self.in_conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch))
-        self.out_norm = GroupNorm32(out_ch)
-        self.out = nn.Sequential(nn.SiLU(), nn.Dropout(dropout),
-                                 zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1)))
-        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
-
-    def _resample(self, x: Tensor) -> Tensor:
-        if self.up:
-            return F.interpolate(x, scale_factor=2.0, mode="nearest")
-        if self.down:
-            return F.avg_pool2d(x, 2)
-        return x
-
-    def _forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = F.silu(self.in_norm(x))
-        # Resample after the activation, before the conv (as in ADM's up/down blocks).
-        h, x = self._resample(h), self._resample(x)
-        h = self.in_conv(h)
-        scale, shift = self.emb(emb).type(h.dtype)[..., None, None].chunk(2, dim=1)
-        h = self.out_norm(h) * (1 + scale) + shift
-        return self.skip(x) + self.out(h)
-
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        """Args: x (B, in_ch, H, W), emb (B, emb_dim). Returns (B, out_ch, H', W')."""
-        if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, emb, use_reentrant=False)
-        return self._forward(x, emb)
-
-
-class AttentionBlock(nn.Module):
-    """Multi-head self-attention over all pixels, residual, zero-initialised projection."""
-
-    def __init__(self, channels: int, num_head_channels: int = 64, use_checkpoint: bool = False):
-        super().__init__()
-        self.heads = max(1, channels // num_head_channels)
-        if channels % self.heads:
-            raise ValueError(f"attention: {channels} channels do not split into {self.heads} heads")
-        self.use_checkpoint = use_checkpoint
-        self.norm = GroupNorm32(channels)
-        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
-        self.proj = zero_module(nn.Conv1d(channels, channels, 1))
-
-    def _forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x).reshape(b, c, h * w))           # (B, 3C, N)
-        q, k, v = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
-        out = F.scaled_dot_product_attention(q, k, v)               # (B, heads, N, d)
-        out = out.transpose(-1, -2).reshape(b, c, h * w)
-        return x + self.proj(out).reshape(b, c, h, w)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+from segflow.networks.layers import (
+    AttentionBlock,
+    GroupNorm32,
+    ResBlock,
+    TimeEmbedding,
+    zero_module,
+)
 
 
 class EmbedSequential(nn.ModuleList):
@@ -183,14 +83,14 @@ class ADMConcatUNet(Denoiser):
         self.size_multiple = 2 ** (levels - 1)
         self.model_channels, self.time_scale = model_channels, time_scale
         emb_dim = model_channels * channel_mult_emb
-        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(),
-                                        nn.Linear(emb_dim, emb_dim))
+        self.time_embed = TimeEmbedding(model_channels, emb_dim, time_scale)
 
         def res(i: int, o: int, **kw: bool) -> ResBlock:
-            return ResBlock(i, emb_dim, o, dropout, use_checkpoint=use_checkpoint, **kw)
+            return ResBlock(i, o, emb_dim, dropout, use_checkpoint=use_checkpoint, **kw)
 
         def att(c: int) -> AttentionBlock:
-            return AttentionBlock(c, num_head_channels, use_checkpoint)
+            # ADM's rule: heads of num_head_channels channels each.
+            return AttentionBlock(c, max(1, c // num_head_channels), use_checkpoint)
 
         self.input = nn.Conv2d(out_channels + in_channels, model_channels, 3, padding=1)
         self.down = nn.ModuleList()
@@ -232,7 +132,7 @@ class ADMConcatUNet(Denoiser):
                              f"got {h_in}x{w_in} (pad the input; segflow.inference does)")
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        emb = self.time_embed(timestep_embedding(t * self.time_scale, self.model_channels))
+        emb = self.time_embed(t)
         h = self.input(torch.cat([x_t, image.to(x_t.dtype)], dim=1))
         skips = [h]
         for block in self.down:

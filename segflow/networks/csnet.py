@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from segflow.networks.base import SegNet
-from segflow.networks.layers import ConvBlock, ResBlock, UpBlock
+from segflow.networks.layers import ConvBlock, ConvResBlock, EncoderDecoder, UpBlock
 
 
 class SpatialAttention(nn.Module):
@@ -72,7 +71,7 @@ class AffinityAttention(nn.Module):
         return self.spatial(x) + self.channel(x) - x  # each branch already adds x once
 
 
-class CSNet(SegNet):
+class CSNet(EncoderDecoder):
     """CS-Net (Mou et al., "CS-Net: Channel and Spatial Attention Network for Curvilinear
     Structure Segmentation", MICCAI 2019; journal version CS²-Net, MedIA 2021).
 
@@ -94,8 +93,7 @@ class CSNet(SegNet):
         widths = [base_channels * 2**i for i in range(5)]
         self.size_multiple = 2 ** (len(widths) - 1)
         chans = [in_channels, *widths]
-        self.encoder = nn.ModuleList(ResBlock(chans[i], chans[i + 1]) for i in range(len(widths)))
-        self.pool = nn.MaxPool2d(2)
+        self.encoder = nn.ModuleList(ConvResBlock(chans[i], chans[i + 1]) for i in range(len(widths)))
         self.attention = AffinityAttention(widths[-1])
         self.decoder = nn.ModuleList(
             UpBlock(widths[i + 1], widths[i], widths[i], block=ConvBlock(2 * widths[i], widths[i]))
@@ -103,16 +101,5 @@ class CSNet(SegNet):
         )
         self.head = nn.Conv2d(widths[0], out_channels, 1)
 
-    def forward(self, image: Tensor) -> Tensor:
-        """Args: image (B, C_in, H, W). Returns: logits (B, C_out, H, W)."""
-        skips: list[Tensor] = []
-        x = image
-        for i, stage in enumerate(self.encoder):
-            x = stage(x)
-            if i < len(self.encoder) - 1:
-                skips.append(x)
-                x = self.pool(x)
-        x = self.attention(x)
-        for up in self.decoder:
-            x = up(x, skips.pop())
-        return self.head(x)
+    def bottleneck(self, x: Tensor) -> Tensor:
+        return self.attention(x)

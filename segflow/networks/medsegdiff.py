@@ -2,75 +2,28 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segflow.networks import layers
 from segflow.networks.base import Denoiser
+
+# MedSegDiff's parameterisation of the shared blocks: GroupNorm with the largest divisor
+# of the width up to 32 groups, and 4 attention heads where the width allows.
+NORM_RULE = "divisor"
+ResBlock = partial(layers.ResBlock, norm_rule=NORM_RULE)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with the largest group count <= 32 dividing ``channels`` (any width works)."""
-    groups = max(g for g in range(1, min(32, channels) + 1) if channels % g == 0)
-    return nn.GroupNorm(groups, channels)
+    return layers.GroupNorm32(channels, NORM_RULE)
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding (Vaswani et al. 2017) of ``t`` (B,) in [0, 1] → (B, dim).
-
-    ``t`` is scaled by 1000 so the frequencies match those DDPM used for integer steps.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = 1000.0 * t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-    return F.pad(emb, (0, dim % 2))
-
-
-class ResBlock(nn.Module):
-    """Pre-activation residual block (GroupNorm → SiLU → 3×3 conv, twice) with an optional
-    time embedding applied as a per-channel scale and shift after the second norm (as in
-    the ADM U-Net of Dhariwal & Nichol 2021). The last conv starts at zero so the block
-    begins as the identity (shortcut only)."""
-
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int | None = None, dropout: float = 0.0):
-        super().__init__()
-        self.in_layers = nn.Sequential(group_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch)) if emb_dim else None
-        self.out_norm = group_norm(out_ch)
-        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        nn.init.zeros_(self.out_layers[-1].weight)
-        nn.init.zeros_(self.out_layers[-1].bias)
-        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
-
-    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
-        h = self.out_norm(self.in_layers(x))
-        if self.emb is not None:
-            scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
-            h = h * (1 + scale) + shift
-        return self.skip(x) + self.out_layers(h)
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over all pixels, residual (used at the bottleneck)."""
-
-    def __init__(self, channels: int, heads: int = 4):
-        super().__init__()
-        self.heads = heads if channels % heads == 0 else 1
-        self.norm = group_norm(channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+def SelfAttention(channels: int) -> layers.AttentionBlock:  # noqa: N802 - a block's name
+    return layers.AttentionBlock(channels, 4 if channels % 4 == 0 else 1, norm_rule=NORM_RULE)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -190,7 +143,7 @@ class MedSegDiff(Denoiser):
         widths = [base_channels * m for m in mult]
         emb_dim = 4 * base_channels
         self.emb_dim = emb_dim
-        self.time_mlp = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = layers.TimeEmbedding(emb_dim, emb_dim, time_scale=1000.0)
 
         self.mask_in = nn.Conv2d(out_channels, widths[0], 3, padding=1)
         self.cond_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
@@ -232,7 +185,7 @@ class MedSegDiff(Denoiser):
 
         Returns: (B, C_out, H, W), what the method trains it for (eps, x0 or v).
         """
-        emb = self.time_mlp(timestep_embedding(t, self.emb_dim).to(x_t.dtype))
+        emb = self.time_mlp(t, x_t.dtype)
         h, c = self.mask_in(x_t), self.cond_in(image)
         skips: list[Tensor] = []
         for k, (mask_blocks, cond_blocks) in enumerate(zip(self.mask_enc, self.cond_enc, strict=True)):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from segflow.networks.base import SegNet
-from segflow.networks.layers import ConvBlock, UpBlock
+from segflow.networks.layers import ConvBlock, EncoderDecoder, UpBlock
 
 
-class UNet(SegNet):
+class UNet(EncoderDecoder):
     """U-Net (Ronneberger, Fischer & Brox, "U-Net: Convolutional Networks for Biomedical
     Image Segmentation", MICCAI 2015), with padded convolutions and normalisation.
 
@@ -38,22 +37,7 @@ class UNet(SegNet):
         for i, w in enumerate(widths):
             self.encoder.append(ConvBlock(ch, w, norm, dropout if i == depth - 1 else 0.0))
             ch = w
-        self.pool = nn.MaxPool2d(2)
         self.decoder = nn.ModuleList(
             UpBlock(widths[i + 1], widths[i], widths[i], norm=norm) for i in reversed(range(depth - 1))
         )
         self.head = nn.Conv2d(widths[0], out_channels, 1)
-
-    def forward(self, image: Tensor) -> Tensor:
-        """Args: image (B, C_in, H, W). Returns: logits (B, C_out, H, W)."""
-        skips: list[Tensor] = []
-        x = image
-        for i, stage in enumerate(self.encoder):
-            x = stage(x)
-            if i < len(self.encoder) - 1:
-                skips.append(x)
-                x = self.pool(x)
-        for up in self.decoder:
-            x = up(x, skips.pop())
-        return self.head(x)
-

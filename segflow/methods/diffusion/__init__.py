@@ -1,15 +1,13 @@
 """Gaussian diffusion: noise schedules, samplers (DDPM, DDIM, DPM-Solver++) and the method."""
 
+from segflow.methods.diffusion import samplers, schedule
 from segflow.methods.diffusion.method import Diffusion
-from segflow.methods.diffusion.samplers import (
-    SAMPLERS,
-    SPACINGS,
-    DPMSolverPP2M,
-    ddim_step,
-    ddpm_step,
-    step_grid,
-)
-from segflow.methods.diffusion.schedule import NoiseSchedule, make_betas, target_of, x0_eps_of
+
+# The public names of the two submodules, re-exported.
+SAMPLERS, SPACINGS, DPMSolverPP2M = samplers.SAMPLERS, samplers.SPACINGS, samplers.DPMSolverPP2M
+ddim_step, ddpm_step, step_grid = samplers.ddim_step, samplers.ddpm_step, samplers.step_grid
+NoiseSchedule, make_betas = schedule.NoiseSchedule, schedule.make_betas
+target_of, x0_eps_of = schedule.target_of, schedule.x0_eps_of
 
 __all__ = ["SAMPLERS", "SPACINGS", "DPMSolverPP2M", "Diffusion", "NoiseSchedule", "ddim_step", "ddpm_step",
            "make_betas", "step_grid", "target_of", "x0_eps_of"]

@@ -23,7 +23,7 @@ from segflow.methods.diffusion.schedule import (
     target_of,
     x0_eps_of,
 )
-from segflow.methods.losses import soft_dice_loss
+from segflow.methods.losses import masked_mean, soft_dice_loss
 
 
 class Diffusion(GenerativeMethod):
@@ -98,12 +98,7 @@ class Diffusion(GenerativeMethod):
         x_t = self.schedule.q_sample(x0, step, eps)
         out = net(x_t, self.schedule.time(step), image).float()  # losses in float32 under AMP
         alpha, sigma = self.schedule.alpha_sigma(step, out)
-        sq_err = (out - target_of(self.prediction, x0, eps, alpha, sigma)) ** 2
-        if valid is None:
-            mse = sq_err.mean()
-        else:  # padding and out-of-FOV pixels carry no target
-            weight = valid.expand_as(sq_err)
-            mse = (sq_err * weight).sum() / weight.sum().clamp_min(1.0)
+        mse = masked_mean((out - target_of(self.prediction, x0, eps, alpha, sigma)) ** 2, valid)
         parts = {"mse": mse}
         total = mse
         if self.dice_weight:
