@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segflow.errors import ConfigError
-from segflow.methods.base import GenerativeMethod, Method, Prediction
+from segflow.methods.base import Method, Prediction
 
 INFERENCE_KEYS = ("tile_size", "overlap", "max_whole_size", "sigma_scale", "tile_batch")
 
@@ -104,8 +104,9 @@ def predict_sliding(method: Method, net: nn.Module, image: Tensor, tile_size: in
 
     Tiles of ``tile_size`` (rounded up to ``net.size_multiple``) overlap by ``overlap``;
     each output pixel is the Gaussian-weighted mean of the tiles covering it. For a
-    :class:`~segflow.methods.base.GenerativeMethod`, **one** noise field of the whole
-    image's size is drawn (from ``generator``) and each tile starts from its crop of it,
+    method that draws noise (:meth:`~segflow.methods.base.Method.noise_shape`), **one**
+    noise field of the whole image's size is drawn (from ``generator``) and each tile
+    starts from its crop of it,
     so overlapping tiles follow the same trajectory and agree where they meet.
 
     Args:
@@ -134,13 +135,9 @@ def predict_sliding(method: Method, net: nn.Module, image: Tensor, tile_size: in
     stride = max(1, int(round(tile * (1 - overlap))))
     boxes = [(y, x) for y in tile_starts(H, tile, stride) for x in tile_starts(W, tile, stride)]
 
-    c_out = net.out_channels
-    noise = None
-    n = 1
-    if isinstance(method, GenerativeMethod):
-        n = int(method.n_samples)
-        noise = torch.randn((b, n, c_out, H, W), generator=generator, device=image.device,
-                            dtype=image.dtype)
+    shape = method.noise_shape(net, padded)  # (B·N, C_out, H, W) or None
+    noise = None if shape is None else torch.randn(shape, generator=generator,
+                                                   device=image.device, dtype=image.dtype)
     weight = gaussian_weight(tile, sigma_scale, image.device)
     acc: dict[str, Tensor] = {}
     norm = torch.zeros((H, W), device=image.device)
@@ -148,11 +145,9 @@ def predict_sliding(method: Method, net: nn.Module, image: Tensor, tile_size: in
     for k in range(0, len(boxes), max(1, int(tile_batch))):
         chunk = boxes[k: k + max(1, int(tile_batch))]
         tiles = torch.cat([padded[..., y: y + tile, x: x + tile] for y, x in chunk])  # (T·B, C, t, t)
-        kwargs: dict[str, Any] = {"generator": generator}
-        if noise is not None:
-            kwargs["noise"] = torch.cat([noise[..., y: y + tile, x: x + tile] for y, x in chunk]
-                                        ).reshape(len(chunk) * b * n, c_out, tile, tile)
-        pred = method.predict(net, tiles, **kwargs)
+        tile_noise = None if noise is None else torch.cat(
+            [noise[..., y: y + tile, x: x + tile] for y, x in chunk])  # (T·B·N, C_out, t, t)
+        pred = method.predict(net, tiles, generator=generator, noise=tile_noise)
         nfe = pred.nfe
         parts = {"probs": pred.probs, "uncertainty": pred.uncertainty, "samples": pred.samples}
         for name, value in parts.items():

@@ -54,7 +54,7 @@ class TinyFlow(GenerativeMethod):
         return {"loss": loss}
 
     def sample(self, net: nn.Module, image: Tensor, noise: Tensor,
-               generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+               generator: torch.Generator | None = None, step_noise=None) -> tuple[Tensor, int]:
         x, steps = noise, int(self.steps)
         for i in range(steps):
             t = torch.full((x.shape[0],), i / steps, device=x.device)

@@ -52,7 +52,7 @@ class OneStep(GenerativeMethod):
     def loss(self, net, image, mask, valid=None):  # pragma: no cover - not trained here
         raise NotImplementedError
 
-    def sample(self, net, image, noise, generator=None):
+    def sample(self, net, image, noise, generator=None, step_noise=None):
         t = torch.zeros(image.shape[0])
         return torch.tanh(net(noise, t, image)), 1
 

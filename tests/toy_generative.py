@@ -61,7 +61,7 @@ class ToyFlow(GenerativeMethod):
 
     @torch.no_grad()
     def sample(self, net: nn.Module, image: Tensor, noise: Tensor,
-               generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+               generator: torch.Generator | None = None, step_noise=None) -> tuple[Tensor, int]:
         x, n, dt = noise, int(self.steps), 1.0 / int(self.steps)
         nfe = 0
         for i in range(n):

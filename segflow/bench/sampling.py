@@ -42,15 +42,6 @@ class SampleCase:
         return ", ".join(f"{k}={v}" for k, v in self.settings.items()) or "defaults"
 
 
-def _forward_once(net: nn.Module, image: torch.Tensor, generative: bool) -> None:
-    if generative:
-        x = torch.randn(image.shape[0], net.out_channels, *image.shape[-2:], device=image.device,
-                        dtype=image.dtype)
-        net(x, torch.full((image.shape[0],), 0.5, device=image.device), image)
-    else:
-        net(image)
-
-
 @torch.no_grad()
 def bench_sampling(name: str, net: nn.Module, method: Method,
                    settings_list: Sequence[Mapping[str, Any]], *, n_samples: Sequence[int],
@@ -87,9 +78,10 @@ def bench_sampling(name: str, net: nn.Module, method: Method,
         try:
             members = image.repeat_interleave(int(n), dim=0)
             with autocast(device, precision):
-                _forward_once(run_net, members, generative)
+                run_net(*method.net_inputs(net, members))
+                inputs = method.net_inputs(net, members)
                 with stopwatch(device) as t:
-                    _forward_once(run_net, members, generative)
+                    run_net(*inputs)
             per_forward = t[0]
         except Exception as exc:  # reported per row below
             warm_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

@@ -3,8 +3,20 @@
 ``SegModule`` drives any (method, network) pair through exactly two calls:
 
 * ``method.loss(net, image, mask, valid)`` → dict with a scalar ``"loss"`` (and parts to log);
-* ``method.predict(net, image)`` → :class:`Prediction` (probabilities in [0, 1], and for
-  generative methods the ensemble spread as an uncertainty map).
+* ``method.predict(net, image, generator=, noise=, step_noise=)`` → :class:`Prediction`
+  (probabilities in [0, 1], and for generative methods the ensemble spread as an
+  uncertainty map).
+
+Callers that need more than that ask the method, never the network's class:
+:meth:`Method.net_inputs` gives the arguments of one network evaluation as the method
+makes it (benchmarks, FLOP counts), :meth:`Method.noise_shape` the starting noise a
+prediction draws (``None`` for one-pass methods; sliding-window inference crops one
+whole-image field of it per tile).
+
+A method is an ``nn.Module``: modules and buffers it registers (a frozen teacher network
+for distillation, schedule tensors) move with the model to its device and are saved in,
+and restored from, the checkpoint (``method.*`` keys of the ``state_dict``). Only the
+network is optimised; freeze what the method owns (``requires_grad_(False)``).
 
 Sampling settings (solver, steps, ensemble size, ...) are plain attributes listed in
 ``sampling_keys``; :meth:`Method.with_settings` returns a copy with some of them
@@ -15,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,6 +36,9 @@ from torch import Tensor, nn
 
 from segflow.errors import NetworkMismatchError
 from segflow.networks.base import Denoiser
+
+StepNoise = Callable[[int, Tensor], Tensor]
+"""A per-step noise source of stochastic samplers: ``(step index, x) → noise like x``."""
 
 
 @dataclass
@@ -43,11 +59,12 @@ class Prediction:
     nfe: int = 1
 
 
-class Method(ABC):
+class Method(nn.Module, ABC):
     """Base class of training objectives with a matching sampler.
 
     Subclasses set ``net_type`` (the network shape they drive: ``SegNet`` or
-    ``Denoiser``) and ``sampling_keys`` (attributes that may change at evaluation time).
+    ``Denoiser``) and ``sampling_keys`` (attributes that may change at evaluation time),
+    and call ``super().__init__()`` before registering modules or buffers.
     """
 
     net_type: ClassVar[type[nn.Module]] = nn.Module
@@ -79,12 +96,29 @@ class Method(ABC):
         """
 
     @abstractmethod
-    def predict(self, net: nn.Module, image: Tensor, generator: torch.Generator | None = None
-                ) -> Prediction:
+    def predict(self, net: nn.Module, image: Tensor, generator: torch.Generator | None = None,
+                noise: Tensor | None = None, step_noise: StepNoise | None = None) -> Prediction:
         """Segment ``image`` (B, C_in, H, W) → :class:`Prediction`.
 
-        ``generator`` makes sampling reproducible; one-pass methods ignore it.
+        Args:
+            generator: makes sampling reproducible.
+            noise: the starting noise, of :meth:`noise_shape` (drawn from ``generator``
+                when None).
+            step_noise: the noise of stochastic sampler steps (drawn from ``generator``
+                when None).
+
+        One-pass methods ignore the three.
         """
+
+    def noise_shape(self, net: nn.Module, image: Tensor) -> tuple[int, ...] | None:
+        """The shape of the starting noise :meth:`predict` draws for ``image``, or None
+        when it draws none (one-pass methods)."""
+        return None
+
+    def net_inputs(self, net: nn.Module, image: Tensor) -> tuple[Tensor, ...]:
+        """The arguments of one network evaluation for ``image`` (B, C_in, H, W), as this
+        method calls the network: ``net(*method.net_inputs(net, image))``."""
+        return (image,)
 
     def sampling_settings(self) -> dict[str, Any]:
         """The current values of the settings that may change at evaluation time."""
@@ -103,6 +137,9 @@ class Method(ABC):
                 f"valid: {list(self.sampling_keys) or 'none (one-pass method)'}"
             )
         new = copy.copy(self)
+        # Own registries (the same modules and buffers, shared, not copied).
+        for registry in ("_parameters", "_buffers", "_modules"):
+            new.__dict__[registry] = dict(self.__dict__[registry])
         for key, value in settings.items():
             setattr(new, key, value)
         new.validate()
@@ -129,6 +166,7 @@ class GenerativeMethod(Method):
     sampling_keys: ClassVar[tuple[str, ...]] = ("n_samples",)
 
     def __init__(self, n_samples: int = 1):
+        super().__init__()
         self.n_samples = n_samples
 
     def validate(self) -> None:
@@ -145,9 +183,21 @@ class GenerativeMethod(Method):
         """Generated x (≈ [-1, 1]) → probability in [0, 1]."""
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
+    def noise_shape(self, net: nn.Module, image: Tensor) -> tuple[int, ...]:
+        """(B·N, C_out, H, W): one noise field per ensemble member."""
+        b, _, h, w = image.shape
+        return (b * int(self.n_samples), net.out_channels, h, w)
+
+    def net_inputs(self, net: nn.Module, image: Tensor) -> tuple[Tensor, ...]:
+        """``(x_t, t, image)`` at mid-path ``t = 0.5`` with Gaussian ``x_t``."""
+        x_t = torch.randn(image.shape[0], net.out_channels, *image.shape[-2:],
+                          device=image.device, dtype=image.dtype)
+        return x_t, torch.full((image.shape[0],), 0.5, device=image.device), image
+
     @abstractmethod
     def sample(self, net: nn.Module, image: Tensor, noise: Tensor,
-               generator: torch.Generator | None = None) -> tuple[Tensor, int]:
+               generator: torch.Generator | None = None, step_noise: StepNoise | None = None
+               ) -> tuple[Tensor, int]:
         """Generate masks from ``noise``.
 
         Args:
@@ -155,6 +205,8 @@ class GenerativeMethod(Method):
             image: (B, C_in, H, W) conditioning images (already repeated per member).
             noise: (B, C, H, W) the starting Gaussian noise.
             generator: for any further randomness (stochastic samplers).
+            step_noise: the noise of stochastic steps (``generator`` when None);
+                deterministic samplers never call it.
 
         Returns:
             (x, nfe): generated masks (B, C, H, W) in ≈ [-1, 1] and the network
@@ -163,23 +215,24 @@ class GenerativeMethod(Method):
 
     @torch.no_grad()
     def predict(self, net: nn.Module, image: Tensor, generator: torch.Generator | None = None,
-                noise: Tensor | None = None) -> Prediction:
+                noise: Tensor | None = None, step_noise: StepNoise | None = None) -> Prediction:
         """Ensemble prediction.
 
         Args:
             image: (B, C_in, H, W).
             noise: optional (B·N, C, H, W) starting noise (e.g. one field shared by
                 overlapping sliding-window tiles); drawn from ``generator`` when None.
+            step_noise: optional noise of stochastic sampler steps (see :meth:`sample`).
         """
         n = int(self.n_samples)
         b, _, h, w = image.shape
         c = net.out_channels
+        shape = self.noise_shape(net, image)
         if noise is None:
-            noise = torch.randn((b * n, c, h, w), generator=generator, device=image.device,
-                                dtype=image.dtype)
-        elif noise.shape != (b * n, c, h, w):
-            raise ValueError(f"noise must have shape {(b * n, c, h, w)}, got {tuple(noise.shape)}")
-        x, nfe = self.sample(net, image.repeat_interleave(n, dim=0), noise, generator)
+            noise = torch.randn(shape, generator=generator, device=image.device, dtype=image.dtype)
+        elif noise.shape != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        x, nfe = self.sample(net, image.repeat_interleave(n, dim=0), noise, generator, step_noise)
         members = self.x_to_probs(x).view(b, n, c, h, w)
         return Prediction(
             probs=members.mean(dim=1),

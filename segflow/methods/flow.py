@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from segflow.methods.base import GenerativeMethod
+from segflow.methods.base import GenerativeMethod, StepNoise
 from segflow.methods.losses import masked_mean
 from segflow.methods.solvers import SOLVERS, solve
 
@@ -165,8 +165,10 @@ class FlowMatching(GenerativeMethod):
 
     @torch.no_grad()
     def sample(self, net: nn.Module, image: Tensor, noise: Tensor,
-               generator: torch.Generator | None = None) -> tuple[Tensor, int]:
-        """Integrate noise (t=0) → mask (t=1); returns (x (B, C, H, W), NFE)."""
+               generator: torch.Generator | None = None, step_noise: StepNoise | None = None
+               ) -> tuple[Tensor, int]:
+        """Integrate noise (t=0) → mask (t=1); returns (x (B, C, H, W), NFE). The ODE
+        solvers are deterministic: ``generator`` and ``step_noise`` are not used."""
         x, nfe = solve(lambda x, t: self.velocity(net, x, t, image), noise.float(),
                        solver=self.solver, steps=int(self.steps), atol=float(self.atol),
                        rtol=float(self.rtol), max_nfe=int(self.max_nfe))

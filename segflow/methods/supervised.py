@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from segflow.methods.base import Method, Prediction
+from segflow.methods.base import Method, Prediction, StepNoise
 from segflow.methods.losses import bce_loss, soft_cldice_loss, soft_dice_loss
 from segflow.networks.base import SegNet
 
@@ -30,6 +30,7 @@ class Supervised(Method):
     def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0,
                  cldice_weight: float = 0.0, cldice_iters: int = 10,
                  pos_weight: float | None = None):
+        super().__init__()
         self.bce_weight, self.dice_weight = bce_weight, dice_weight
         self.cldice_weight, self.cldice_iters = cldice_weight, cldice_iters
         self.pos_weight = pos_weight
@@ -61,6 +62,6 @@ class Supervised(Method):
         return {"loss": total, **parts}
 
     @torch.no_grad()
-    def predict(self, net: nn.Module, image: Tensor, generator: torch.Generator | None = None
-                ) -> Prediction:
+    def predict(self, net: nn.Module, image: Tensor, generator: torch.Generator | None = None,
+                noise: Tensor | None = None, step_noise: StepNoise | None = None) -> Prediction:
         return Prediction(probs=torch.sigmoid(net(image).float()), nfe=1)

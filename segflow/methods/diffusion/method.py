@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from segflow.methods.base import GenerativeMethod
+from segflow.methods.base import GenerativeMethod, StepNoise
 from segflow.methods.diffusion.samplers import (
     SAMPLERS,
     SPACINGS,
@@ -129,8 +129,12 @@ class Diffusion(GenerativeMethod):
         return x0, eps
 
     def sample(self, net: nn.Module, image: Tensor, noise: Tensor,
-               generator: torch.Generator | None = None) -> tuple[Tensor, int]:
-        """Run the reverse process from ``noise`` (B, C, H, W) ≈ x_{T-1}; returns (x0, NFE)."""
+               generator: torch.Generator | None = None, step_noise: StepNoise | None = None
+               ) -> tuple[Tensor, int]:
+        """Run the reverse process from ``noise`` (B, C, H, W) ≈ x_{T-1}; returns (x0, NFE).
+
+        The stochastic steps (DDPM, DDIM with ``eta > 0``) draw their noise from
+        ``step_noise(i, x)`` at grid index ``i`` when given, else from ``generator``."""
         grid = self.grid()
         solver = DPMSolverPP2M() if self.sampler == "dpm_solver" else None
         x = noise.float()
@@ -138,10 +142,11 @@ class Diffusion(GenerativeMethod):
             x0, eps = self.denoise(net, x, step, image)
             ab = self.schedule.alpha_bar(step)
             ab_next = self.schedule.alpha_bar(grid[i + 1] if i + 1 < len(grid) else None)
+            draw = None if step_noise is None else (lambda like, i=i: step_noise(i, like))
             if self.sampler == "ddpm":
-                x = ddpm_step(x, x0, ab, ab_next, generator)
+                x = ddpm_step(x, x0, ab, ab_next, generator, draw)
             elif self.sampler == "ddim":
-                x = ddim_step(x, x0, eps, ab, ab_next, float(self.eta), generator)
+                x = ddim_step(x, x0, eps, ab, ab_next, float(self.eta), generator, draw)
             else:
                 x = solver.step(x, x0, ab, ab_next)
         return x, len(grid)

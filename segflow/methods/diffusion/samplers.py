@@ -10,6 +10,7 @@ at one grid step to the next, given the denoiser's ``(x0, eps)`` there, with
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -60,14 +61,24 @@ def step_grid(timesteps: int, steps: int | None, spacing: str = "uniform",
     return grid
 
 
+def step_noise(like: Tensor, generator: torch.Generator | None = None,
+               draw: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Gaussian noise of ``like``'s shape: ``draw(like)`` when given, else from ``generator``."""
+    if draw is not None:
+        return draw(like)
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
 def ddpm_step(x_t: Tensor, x0: Tensor, ab: float, ab_next: float,
-              generator: torch.Generator | None = None) -> Tensor:
+              generator: torch.Generator | None = None,
+              draw: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Ancestral sampling from the posterior q(x_next | x_t, x0) (Ho et al. 2020, eqs. 6-7).
 
     On a respaced grid the step's β is ``1 - ab / ab_next`` (Nichol & Dhariwal 2021), so
     the full chain and shorter chains share one formula. Posterior mean
     ``sqrt(ab_next) β / (1-ab) · x0 + sqrt(1-β) (1-ab_next) / (1-ab) · x_t`` and variance
-    ``β (1-ab_next) / (1-ab)`` (zero at the clean end).
+    ``β (1-ab_next) / (1-ab)`` (zero at the clean end). The noise is ``draw(x_t)`` when
+    given, else drawn from ``generator``.
     """
     beta = 1.0 - ab / ab_next
     mean = (math.sqrt(ab_next) * beta / (1 - ab)) * x0 \
@@ -75,12 +86,12 @@ def ddpm_step(x_t: Tensor, x0: Tensor, ab: float, ab_next: float,
     var = beta * (1 - ab_next) / (1 - ab)
     if var <= 0:
         return mean
-    noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-    return mean + math.sqrt(var) * noise
+    return mean + math.sqrt(var) * step_noise(x_t, generator, draw)
 
 
 def ddim_step(x_t: Tensor, x0: Tensor, eps: Tensor, ab: float, ab_next: float, eta: float = 0.0,
-              generator: torch.Generator | None = None) -> Tensor:
+              generator: torch.Generator | None = None,
+              draw: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """DDIM (Song, Meng & Ermon, ICLR 2021, eq. 12).
 
     ``x_next = sqrt(ab_next) x0 + sqrt(1 - ab_next - s²) eps + s z`` with
@@ -91,8 +102,7 @@ def ddim_step(x_t: Tensor, x0: Tensor, eps: Tensor, ab: float, ab_next: float, e
     out = math.sqrt(ab_next) * x0 + math.sqrt(max(1 - ab_next - s2, 0.0)) * eps
     if s2 <= 0:
         return out
-    noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-    return out + math.sqrt(s2) * noise
+    return out + math.sqrt(s2) * step_noise(x_t, generator, draw)
 
 
 def log_snr_half(ab: float) -> float:
