@@ -8,12 +8,12 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from toy_generative import ToyDenoiser, ToyFlow
 
 from segflow.lit_module import SegModule
 from segflow.methods import Supervised
 from segflow.methods.base import GenerativeMethod
 from segflow.networks import UNet
-from toy_generative import ToyDenoiser, ToyFlow
 
 
 class TeacherSupervised(Supervised):
