@@ -50,7 +50,7 @@ def test_method_modules_and_buffers_are_checkpointed_and_not_optimised(tmp_path)
                          limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(module, DataLoader(batches(), batch_size=None))
     assert torch.equal(module.method.teacher.weight, teacher_before)  # frozen: not optimised
-    assert any(not torch.equal(a, b) for a, b in zip(net_before, module.net.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(net_before, module.net.parameters(), strict=True))
     assert {"method.teacher.weight", "method.teacher.bias", "method.temperature"} <= set(
         module.state_dict())
     ckpt = tmp_path / "m.ckpt"
