@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from typing import Any
@@ -16,6 +15,14 @@ from segflow.distributed import all_gather_object
 from segflow.inference import check_inference, predict_image
 from segflow.methods.base import Method, Prediction
 from segflow.metrics import EvalMetrics, VesselMetrics
+from segflow.optim import (
+    OptimizerFactory,
+    SchedulerFactory,
+    build_optimizer,
+    build_scheduler,
+    default_optimizer,
+    warmup_schedule,
+)
 
 EVAL_SEED = 20240601  # base seed of the validation/test sampling noise (see eval_generator)
 
@@ -34,12 +41,14 @@ class SegModule(pl.LightningModule):
         net: the network (``SegNet`` or ``Denoiser``; the method checks it).
         method: the training objective and sampler.
         name: the model's name (run folders, reports).
-        learning_rate: peak AdamW learning rate.
-        weight_decay: AdamW weight decay (not applied to biases and norm parameters).
-        betas: AdamW betas.
-        warmup: linear warm-up length: a fraction of all steps (< 1) or a step count (≥ 1).
-        scheduler: ``cosine`` (decay to ``min_lr_ratio`` · lr after warm-up) or ``constant``.
-        min_lr_ratio: final learning rate as a fraction of the peak.
+        learning_rate: peak learning rate (what ``model.optimizer`` uses by default).
+        weight_decay: weight decay (not applied to biases and norm parameters).
+        optimizer: a factory of the optimiser from parameter groups (``model.optimizer``,
+            a ``_partial_`` target; see :mod:`segflow.optim`). None: AdamW with
+            ``learning_rate``, ``weight_decay`` and betas (0.9, 0.999).
+        scheduler: a factory ``(optimizer, total_steps) → LR scheduler`` stepped every
+            optimiser step (``model.scheduler``). None:
+            :func:`segflow.optim.warmup_schedule` (5 % linear warm-up, cosine decay to 1 %).
         threshold: probability threshold of the binary metrics.
         log_image_enabled: log image grids of validation images to TensorBoard.
         log_image_names: the validation images to log (file names or stems); empty = the
@@ -57,21 +66,21 @@ class SegModule(pl.LightningModule):
 
     def __init__(self, net: nn.Module, method: Method, name: str = "model",
                  learning_rate: float = 1e-3, weight_decay: float = 1e-4,
-                 betas: tuple[float, float] = (0.9, 0.999), warmup: float = 0.05,
-                 scheduler: str = "cosine", min_lr_ratio: float = 0.01, threshold: float = 0.5,
+                 optimizer: OptimizerFactory | None = None,
+                 scheduler: SchedulerFactory | None = None, threshold: float = 0.5,
                  log_image_enabled: bool = True, log_image_names: list[str] | tuple = (),
                  num_log_images: int = 4, ema_decay: float | None = None,
                  inference: dict[str, Any] | None = None):
         super().__init__()
         method.check_net(net)
-        if scheduler not in ("cosine", "constant"):
-            raise ValueError(f"model.scheduler must be 'cosine' or 'constant', got {scheduler!r}")
         self.net, self.method, self.name = net, method, name
-        # Plain Python types only in hyper-parameters (checkpoints load with weights_only=True).
-        betas = (float(betas[0]), float(betas[1]))
+        self.optimizer_factory = optimizer or default_optimizer(learning_rate, weight_decay)
+        self.scheduler_factory = scheduler or warmup_schedule
+        # Plain Python types only in hyper-parameters (checkpoints load with weights_only=True);
+        # the optimiser and schedule are in the run config stored with every checkpoint.
         log_image_names = [str(n) for n in (log_image_names or [])]
         inference = check_inference(inference)
-        self.save_hyperparameters(ignore=["net", "method"])
+        self.save_hyperparameters(ignore=["net", "method", "optimizer", "scheduler"])
         self.log_image_enabled = log_image_enabled
         self.log_image_names = log_image_names
         self.num_log_images = num_log_images
@@ -169,28 +178,11 @@ class SegModule(pl.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        decay, no_decay = [], []
-        for p in self.net.parameters():
-            if p.requires_grad:
-                (decay if p.ndim > 1 else no_decay).append(p)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.learning_rate, betas=tuple(hp.betas),
-        )
+        """``model.optimizer`` over the network's parameters (only the network is trained),
+        ``model.scheduler`` over the run's optimiser steps, stepped every step."""
+        optimizer = build_optimizer(self.optimizer_factory, self.net)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(hp.warmup * total) if hp.warmup < 1 else int(hp.warmup)
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if hp.scheduler == "constant":
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        scheduler = build_scheduler(self.scheduler_factory, optimizer, total)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 

@@ -103,8 +103,8 @@ def _train_rows(cfg: DictConfig, modules: dict[str, Any], device: torch.device) 
                 name, module.net, module.method, image_size=int(t.image_size), batch=int(t.batch),
                 precision=str(precision), channels_last=bool(channels_last),
                 compile=bool(compile_), warmup_steps=int(t.warmup_steps), steps=int(t.steps),
-                device=device, lr=float(module.hparams.learning_rate),
-                weight_decay=float(module.hparams.weight_decay), fused_adamw=bool(t.fused_adamw),
+                device=device, optimizer=module.optimizer_factory,
+                scheduler=module.scheduler_factory, fused_adamw=bool(t.fused_adamw),
                 flops=bool(t.count_flops), peak_tflops=float(cfg.peak_tflops), seed=int(cfg.seed))
             log.info("train %s %s channels_last=%s compile=%s: %s images/s%s", name, precision,
                      channels_last, compile_,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,6 +18,14 @@ from segflow.bench.timing import (
     stopwatch,
 )
 from segflow.methods.base import Method
+from segflow.optim import (
+    OptimizerFactory,
+    SchedulerFactory,
+    build_optimizer,
+    build_scheduler,
+    default_optimizer,
+    warmup_schedule,
+)
 
 
 @dataclass
@@ -59,18 +66,6 @@ def synthetic_batch(in_channels: int, out_channels: int, batch: int, size: int,
     return {k: v.to(device).contiguous(memory_format=fmt) for k, v in out.items()}
 
 
-def make_optimizer(net: nn.Module, lr: float, weight_decay: float, device: torch.device,
-                   fused: bool) -> torch.optim.Optimizer:
-    """AdamW as SegModule configures it (no decay on biases / norms), fused on CUDA if asked."""
-    decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
-    kwargs: dict[str, Any] = {}
-    if fused and device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
-        kwargs["fused"] = True
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, **kwargs)
-
-
 def count_flops(net: nn.Module, method: Method, batch: dict[str, torch.Tensor]) -> tuple[int, int]:
     """(forward, forward + backward) FLOPs of one eager float32 training step on ``batch``.
 
@@ -90,10 +85,13 @@ def count_flops(net: nn.Module, method: Method, batch: dict[str, torch.Tensor]) 
 
 def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int, batch: int,
                    precision: str, channels_last: bool, compile: bool, warmup_steps: int,
-                   steps: int, device: torch.device, lr: float = 1e-4, weight_decay: float = 0.0,
-                   fused_adamw: bool = True, flops: bool = True, peak_tflops: float | None = None,
+                   steps: int, device: torch.device, optimizer: OptimizerFactory | None = None,
+                   scheduler: SchedulerFactory | None = None, fused_adamw: bool = True, flops: bool = True, peak_tflops: float | None = None,
                    seed: int = 0) -> TrainCase:
-    """Time ``steps`` optimiser steps (loss, backward, AdamW) on a fixed synthetic batch.
+    """Time ``steps`` optimiser steps (loss, backward, optimiser and LR-schedule step) on
+    a fixed synthetic batch, with the run's ``model.optimizer`` / ``model.scheduler``
+    (built as training builds them, :mod:`segflow.optim`; None: SegModule's defaults).
+    ``fused_adamw`` asks the fused CUDA kernel of optimisers that have one.
 
     No data loading and no Lightning loop: this is the model's compute cost; the loader
     has its own benchmark. The network is deep-copied so cases do not share weights or
@@ -119,7 +117,8 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
             case.fwd_gflops_per_image = fwd / batch / 1e9
             case.train_gflops_per_image = total / batch / 1e9
         step_net = torch.compile(net) if compile else net
-        opt = make_optimizer(net, lr, weight_decay, device, fused_adamw)
+        opt = build_optimizer(optimizer or default_optimizer(), net, fused_adamw)
+        sched = build_scheduler(scheduler or warmup_schedule, opt, warmup_steps + steps)
         scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(precision) == torch.float16)
 
         def step() -> None:
@@ -129,6 +128,7 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            sched.step()
 
         for _ in range(warmup_steps):
             step()
