@@ -1,8 +1,9 @@
 """``resume=auto``: find the newest ``last.ckpt`` of the same experiment and configuration.
 
-A run's *fingerprint* is a hash of what it learns — ``model``, ``data``, ``seed`` and the
-``trainer`` keys that change the optimisation — and leaves out where and how long it runs
-(devices, strategy, nodes, ``max_epochs``, loader workers, logging cadence), so that the
+A run's *fingerprint* is a hash of what it learns — an explicit allowlist of ``model``,
+``data``, ``seed`` and the ``trainer`` keys that change the optimisation
+(:data:`FINGERPRINT_KEYS`) — and leaves out where and how long it runs (devices,
+strategy, nodes, ``max_epochs``, loader workers, logging cadence), so that the
 same command re-run after a crash, a ``kill`` or a SLURM requeue, on other GPUs or with
 more epochs, finds its own checkpoint, and a run with another learning rate never does.
 Earlier runs are fingerprinted from their ``.hydra/config.yaml``; nothing extra is written.
@@ -25,26 +26,36 @@ from segflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Keys that may differ between a run and its continuation (placement, length, speed, logs).
-VOLATILE_KEYS: dict[str, tuple[str, ...]] = {
-    "trainer": ("accelerator", "devices", "num_nodes", "strategy", "max_epochs", "max_steps",
-                "max_time", "enable_progress_bar", "enable_model_summary", "log_every_n_steps",
-                "limit_val_batches", "limit_test_batches", "check_val_every_n_epoch", "callbacks", "logger",
-                "default_root_dir", "plugins"),
-    "data": ("num_workers", "pin_memory", "persistent_workers", "val_bs"),
-    "model": ("log_image_enabled", "log_image_names", "num_log_images"),
+# What defines a run, as an allowlist: a key joins the fingerprint only when it is named
+# here (None: the whole section), so a new key — a logging option, a speed knob — never
+# changes the fingerprint of existing runs. Left out on purpose: placement and length
+# (devices, strategy, nodes, max_epochs, max_time), speed (loader workers, val_bs,
+# limit_*_batches), logging and image logging, and the test/inference settings.
+FINGERPRINT_KEYS: dict[str, tuple[str, ...] | None] = {
+    "seed": None,
+    # the network, the method and the optimisation recipe
+    "model": ("name", "net", "method", "optimizer", "scheduler", "learning_rate", "weight_decay",
+              "ema_decay"),
+    # the training images, how they are read, cropped, normalised and augmented, and the
+    # validation split that picks the best checkpoint
+    "data": ("name", "root", "train_dir", "val_dir", "image_dir", "label_dir", "fov_dir",
+             "channels", "gray_from", "image_size", "train_bs", "num_samples_per_image", "mean",
+             "std", "intensity", "augment", "val_fraction", "split_seed", "synthetic", "seed"),
+    # the trainer settings that change the optimisation's numbers
+    "trainer": ("precision", "accumulate_grad_batches", "gradient_clip_val",
+                "gradient_clip_algorithm", "deterministic", "sync_batchnorm"),
 }
-FINGERPRINT_SECTIONS = ("model", "data", "trainer", "seed")
 
 
 def fingerprint(cfg: DictConfig) -> str:
-    """12 hex characters identifying what a run learns (see the module docstring)."""
+    """12 hex characters identifying what a run learns: the keys of
+    :data:`FINGERPRINT_KEYS` (see the module docstring)."""
     part: dict[str, Any] = {}
-    for section in FINGERPRINT_SECTIONS:
+    for section, keys in FINGERPRINT_KEYS.items():
         node = cfg.get(section)
         value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-        if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k not in VOLATILE_KEYS.get(section, ())}
+        if keys is not None and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k in keys}
         part[section] = value
     blob = json.dumps(part, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -108,6 +108,26 @@ def test_fingerprint_ignores_placement_and_length_but_not_learning():
         assert fingerprint(_cfg(**other)) != fp, other
 
 
+def test_fingerprint_is_an_allowlist_new_keys_keep_it():
+    """A key nobody listed as defining the run (a new logging option, a speed knob, a
+    whole new section) leaves the fingerprint alone; the optimisation recipe does not."""
+    fp = fingerprint(_cfg())
+    for unrelated in [{"model.log_image_every": 3}, {"trainer.enable_new_logging": True},
+                      {"data.cache_decoded": True}, {"logger": {"name": "wandb"}},
+                      {"model.inference": {"tile_size": 64}}, {"trainer.limit_val_batches": 2}]:
+        cfg = _cfg()
+        for key, value in unrelated.items():
+            OmegaConf.update(cfg, key, value, force_add=True)
+        assert fingerprint(cfg) == fp, unrelated
+    for defining in [{"model.optimizer": {"_target_": "torch.optim.SGD"}},
+                     {"model.scheduler": {"warmup": 0.1}}, {"model.ema_decay": 0.999},
+                     {"data.augment": {"hflip": 0.0}}, {"trainer.gradient_clip_val": 1.0}]:
+        cfg = _cfg()
+        for key, value in defining.items():
+            OmegaConf.update(cfg, key, value, force_add=True)
+        assert fingerprint(cfg) != fp, defining
+
+
 def test_resume_auto_picks_newest_matching_run(tmp_path, monkeypatch):
     import os
     import time
