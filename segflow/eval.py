@@ -9,7 +9,7 @@ Examples:
         grid.solver=[euler,heun]                                                    # quality × cost
 
 The model is rebuilt from the resolved config stored in the checkpoint
-(:func:`segflow.config.load_module`); ``model.*`` keys are merged into that config,
+(:func:`segflow.runs.checkpoints.load_module`); ``model.*`` keys are merged into that config,
 ``data=<option>`` replaces the run's data config (``data.*`` alone edits the stored one).
 Evaluation runs through a Lightning ``Trainer`` (``trainer=...`` as in training, so DDP
 works); every metric is a sum-state torchmetrics ``Metric``, exact across ranks.
@@ -34,9 +34,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segflow.callbacks.prediction_writer import TestPredictionWriter
-from segflow.config import checkpoint_path, load_checkpoint, load_module
 from segflow.errors import ConfigError, exit_on_user_error
-from segflow.outputs import (
+from segflow.runs.checkpoints import load_for_eval, open_key_overrides, run_folder
+from segflow.runs.logs import route_lightning_logs_to_file
+from segflow.runs.results import (
     TABLE_METRICS,
     columns_of,
     line_groups,
@@ -48,18 +49,6 @@ from segflow.outputs import (
 
 log = logging.getLogger("segflow.eval")
 
-#: Config groups whose dotted keys are added to (not only overridden in) the config.
-OPEN_KEYS = ("model.", "data.", "grid.")
-
-
-def run_folder(path: str | Path) -> Path:
-    """The run folder of a run folder or of ``<run>/checkpoints/<x>.ckpt``."""
-    path = Path(path)
-    if path.is_file():
-        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return path
-
-
 def eval_root(output_dir: str | None, run_dir: str | Path) -> Path:
     """Where evaluations go: ``output_dir`` when set, else ``<run folder>/eval``."""
     return Path(output_dir) if output_dir else run_folder(run_dir) / "eval"
@@ -68,21 +57,6 @@ def eval_root(output_dir: str | None, run_dir: str | Path) -> Path:
 # For hydra.run.dir in eval.yaml (the log folder lives beside the results).
 OmegaConf.register_new_resolver("segflow_eval_root", lambda out, run: str(eval_root(out, run)),
                                 replace=True)
-
-
-def open_key_overrides(argv: list[str]) -> list[str]:
-    """Prefix ``model.*``, ``data.*`` and ``grid.*`` overrides with ``++``: these groups are
-    empty in eval.yaml (the values come from the checkpoint), so Hydra would refuse keys
-    it has not seen. Idempotent (DDP child processes re-run the same command line)."""
-    return [f"++{a}" if a.startswith(OPEN_KEYS) and "=" in a else a for a in argv]
-
-
-def best_val_score(ckpt: dict[str, Any]) -> float | None:
-    """The monitored validation score saved by ``ModelCheckpoint`` in a checkpoint."""
-    for key, state in (ckpt.get("callbacks") or {}).items():
-        if str(key).startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
-            return float(state["best_model_score"])
-    return None
 
 
 def grid_combinations(grid: DictConfig | dict, sampling_keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -158,29 +132,6 @@ def build_datamodule(cfg: DictConfig, stored: DictConfig, split: str) -> tuple[A
     return datamodule, other
 
 
-def load_for_eval(cfg: DictConfig) -> tuple[Any, DictConfig, dict[str, Any]]:
-    """Rebuild the module (``model.*`` overrides merged), choose EMA or raw weights.
-
-    Returns:
-        (module, stored run config, checkpoint metadata for metrics.json).
-    """
-    if cfg.weights not in ("ema", "raw"):
-        raise ConfigError(f"weights must be 'ema' or 'raw', got {cfg.weights!r}")
-    model_cfg = cfg.get("model")
-    overrides = OmegaConf.to_container(model_cfg, resolve=True) if model_cfg is not None else {}
-    module, stored = load_module(cfg.run_dir, cfg.which, overrides)
-    ckpt_file = checkpoint_path(cfg.run_dir, cfg.which)
-    ckpt = load_checkpoint(ckpt_file)
-    if cfg.weights == "raw":
-        if "current_model_state" in ckpt:  # EMA runs keep the raw weights beside the average
-            module.load_state_dict(ckpt["current_model_state"])
-        else:
-            log.info("%s kept no EMA: its weights are the raw weights", ckpt_file)
-    meta = {"checkpoint": str(ckpt_file), "epoch": ckpt.get("epoch"),
-            "global_step": ckpt.get("global_step"), "best_val_score": best_val_score(ckpt)}
-    return module, stored, meta
-
-
 def _print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     # Hydra's console handler prints it; the file handler keeps it in eval.log.
     log.info("%s", f"\n{title}\n\n{markdown_table(rows, columns)}")
@@ -188,9 +139,7 @@ def _print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> 
 
 def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Evaluate a run under every grid combination; returns one summary row per setting."""
-    from segflow.train import _route_lightning_logs_to_file
-
-    _route_lightning_logs_to_file()
+    route_lightning_logs_to_file()
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, got {cfg.split!r}")
     module, stored, meta = load_for_eval(cfg)
@@ -245,7 +194,7 @@ def write_grid(folder: Path, rows: list[dict[str, Any]], keys: list[str]) -> Non
     """``grid.csv``, ``grid.md`` and ``dice_vs_nfe.png`` of a quality × cost grid.
 
     The plot has one line per combination of the grid keys other than the one with the
-    most values (usually the number of steps; see :func:`segflow.outputs.line_groups`)."""
+    most values (usually the number of steps; see :func:`segflow.runs.results.line_groups`)."""
     columns = [*keys, *[k for k in TABLE_METRICS if any(k in r for r in rows)]]
     write_csv(folder / "grid.csv", rows, columns_of(rows, columns))
     (folder / "grid.md").write_text(markdown_table(rows, columns))

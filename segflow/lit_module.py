@@ -93,7 +93,7 @@ class SegModule(pl.LightningModule):
         # every rank at the end of the test epoch (sorted by name).
         self.test_rows: list[dict[str, Any]] = []
         # The resolved run config, stored in every checkpoint so that one file is enough
-        # to rebuild the model (see segflow.config.load_module). Set by the entry point.
+        # to rebuild the model (see segflow.runs.checkpoints.load_module). Set by the entry point.
         self.run_config: dict[str, Any] | None = None
 
     # -- steps --------------------------------------------------------------------------

@@ -29,10 +29,10 @@ from rich.progress import track
 
 from segflow.data.io import IMAGE_EXTS, list_images, read_image
 from segflow.errors import DataError, exit_on_user_error
-from segflow.eval import load_for_eval, open_key_overrides, run_folder
 from segflow.inference import resolve_device
 from segflow.metrics import betti_numbers, member_topology
-from segflow.outputs import save_prediction_pngs, write_csv
+from segflow.runs.checkpoints import load_for_eval, open_key_overrides, run_folder
+from segflow.runs.results import save_prediction_pngs, write_csv
 
 log = logging.getLogger("segflow.predict")
 

@@ -21,7 +21,7 @@ import logging
 import sys
 
 from segflow.data.adapters import ADAPTERS
-from segflow.data.prepare import check, prepare
+from segflow.data.layout import check, prepare
 from segflow.errors import SegflowError
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from segflow.outputs import (
+from segflow.runs.results import (
     TABLE_METRICS,
     line_groups,
     markdown_table,

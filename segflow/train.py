@@ -33,24 +33,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
-from segflow.config import build_many
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError, exit_on_user_error
-from segflow.resume import fingerprint, resolve_resume
+from segflow.runs.auto_resume import fingerprint, resolve_resume
+from segflow.runs.logs import build_many, route_lightning_logs_to_file
 
 log = logging.getLogger("segflow.train")
-
-
-def _route_lightning_logs_to_file() -> None:
-    """Lightning installs its own stream handler when imported before logging is
-    configured; let its records propagate to Hydra's handlers instead, so they reach
-    ``train.log`` as well as the console."""
-    for name in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric", "lightning_fabric"):
-        lg = logging.getLogger(name)
-        for h in list(lg.handlers):
-            lg.removeHandler(h)
-        lg.propagate = True
-    logging.captureWarnings(True)
 
 
 def effective_batch_size(cfg: DictConfig, trainer: pl.Trainer) -> int:
@@ -102,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     overrides, its folder), and the job leaves no process group or DDP environment behind.
     """
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    _route_lightning_logs_to_file()
+    route_lightning_logs_to_file()
     with hydra_ddp_job(ChildCommand("segflow.train", drop_keys=("resume", "ckpt_path"))) as child:
         return _train(cfg, child)
 
@@ -110,14 +98,41 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resume_checkpoint(cfg, child)
+    datamodule, module, trainer, interrupt = build_run(cfg, run_dir)
+    eff = log_setup(cfg, trainer, run_dir)
+    fp = fingerprint(cfg)
+    log.info("experiment %s, config fingerprint %s%s", cfg.experiment_name, fp,
+             f", resuming {ckpt_path}" if ckpt_path else "")
+    start = time.time()
+    with _stop_cleanly(cfg, trainer, interrupt):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    summary = fit_summary(cfg, trainer, run_dir, fp, ckpt_path, time.time() - start, eff)
+    if cfg.get("test_after_fit", True):
+        summary.update(run_test(cfg, trainer, module, datamodule, interrupt))
+    for lg in trainer.loggers:
+        if hasattr(lg, "close"):
+            lg.close()
+    if trainer.global_rank == 0:
+        write_summary(run_dir, summary)
+    return summary
 
-    # Every rank resumes the file rank 0 chose (children get it as ckpt_path).
+
+def resume_checkpoint(cfg: DictConfig, child: ChildCommand) -> str | None:
+    """The checkpoint to resume (``ckpt_path`` or ``resume=auto``), or None; the DDP
+    children get it as their ``ckpt_path`` so that every rank resumes the file rank 0 chose."""
     ckpt_path = resolve_resume(cfg, cfg.paths.output_root)
     if ckpt_path and not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist; pass the last.ckpt of an earlier "
                           f"run (outputs/runs/<experiment>/<time>/checkpoints/last.ckpt)")
     child.extra_overrides = [f"ckpt_path={hydra_quote(ckpt_path) if ckpt_path else 'null'}"]
+    return ckpt_path
 
+
+def build_run(cfg: DictConfig, run_dir: Path
+              ) -> tuple[Any, Any, pl.Trainer, InterruptCheckpoint]:
+    """(datamodule, module, trainer, interrupt callback) of the composed config; the module
+    carries the resolved config into every checkpoint."""
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     module = instantiate(cfg.model)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -126,7 +141,12 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     loggers = build_many(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False,
                             default_root_dir=str(run_dir))
+    return datamodule, module, trainer, interrupt
 
+
+def log_setup(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path) -> int:
+    """Log the run folder and the effective batch size (also as logger hyper-parameters);
+    returns the effective batch size."""
     eff = effective_batch_size(cfg, trainer)
     log.info("run folder: %s", run_dir)
     log.info("effective batch size = train_bs %d x num_samples_per_image %d x world size %d "
@@ -141,25 +161,28 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
                             "num_samples_per_image": cfg.data.num_samples_per_image,
                             "image_size": cfg.data.image_size,
                             "precision": str(cfg.trainer.precision)})
+    return eff
 
-    fp = fingerprint(cfg)
-    log.info("experiment %s, config fingerprint %s%s", cfg.experiment_name, fp,
-             f", resuming {ckpt_path}" if ckpt_path else "")
-    start = time.time()
-    with _stop_cleanly(cfg, trainer, interrupt):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    fit_seconds = time.time() - start
 
+def _checkpoints(trainer: pl.Trainer) -> tuple[str, Path | None]:
+    """(best checkpoint or "", last.ckpt or None) of the run."""
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or ""
     last = Path(ckpt_cb.dirpath, "last.ckpt") if ckpt_cb is not None and ckpt_cb.dirpath else None
-    test_ckpt = best or (str(last) if last is not None and last.is_file() else None)
+    return best, last
+
+
+def fit_summary(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path, fp: str,
+                ckpt_path: str | None, fit_seconds: float, eff: int) -> dict[str, Any]:
+    """What ``metrics.json`` records of the fit."""
+    ckpt_cb = trainer.checkpoint_callback
+    best, last = _checkpoints(trainer)
     epochs, step = trainer.current_epoch, trainer.global_step
     if step == 0 and last is not None and last.is_file():
         # ddp_spawn trained in other processes: this trainer's loops never advanced.
         saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
         epochs, step = saved["epoch"] + 1, saved["global_step"]
-    summary: dict[str, Any] = {
+    return {
         "experiment": cfg.experiment_name, "fingerprint": fp, "resumed_from": ckpt_path,
         "model": cfg.model.name, "data": cfg.data.name,
         "run_dir": str(run_dir), "epochs": epochs, "global_step": step,
@@ -167,24 +190,30 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
         "best_checkpoint": best or None,
         "best_val_dice": float(ckpt_cb.best_model_score) if getattr(ckpt_cb, "best_model_score", None) is not None else None,
     }
-    if cfg.get("test_after_fit", True):
-        if test_ckpt is None:
-            log.warning("no checkpoint to test (no validation ran and no last.ckpt); testing current weights")
-        with _stop_cleanly(cfg, trainer, interrupt):
-            results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
-        summary["test_checkpoint"] = test_ckpt
-        # ddp_spawn tests in other processes: take the logged values it hands back.
-        summary["test"] = module.test_results or {
-            k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
-    for lg in trainer.loggers:
-        if hasattr(lg, "close"):
-            lg.close()
-    if trainer.global_rank == 0:
-        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-        if "test" in summary:
-            log.info("test: %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
-        log.info("metrics written to %s", run_dir / "metrics.json")
-    return summary
+
+
+def run_test(cfg: DictConfig, trainer: pl.Trainer, module: Any, datamodule: Any,
+              interrupt: InterruptCheckpoint) -> dict[str, Any]:
+    """Test the best checkpoint (last.ckpt when no validation ran); the summary's
+    ``test_checkpoint`` and ``test`` entries."""
+    best, last = _checkpoints(trainer)
+    test_ckpt = best or (str(last) if last is not None and last.is_file() else None)
+    if test_ckpt is None:
+        log.warning("no checkpoint to test (no validation ran and no last.ckpt); testing current weights")
+    with _stop_cleanly(cfg, trainer, interrupt):
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt)
+    # ddp_spawn tests in other processes: take the logged values it hands back.
+    test = module.test_results or {
+        k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
+    return {"test_checkpoint": test_ckpt, "test": test}
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """``<run>/metrics.json`` (rank 0)."""
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    if "test" in summary:
+        log.info("test: %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
+    log.info("metrics written to %s", run_dir / "metrics.json")
 
 
 @contextmanager

@@ -132,7 +132,7 @@ def prepared(tmp_path_factory):
         src = require_shared_data()
         key = (kind, native, tuple(sorted(options.items())))
         if key not in cache:
-            from segflow.data.prepare import prepare
+            from segflow.data.layout import prepare
 
             dest = tmp_path_factory.mktemp("prepared") / f"{kind}_{len(cache)}"
             prepare(kind, src / native, dest, **options)

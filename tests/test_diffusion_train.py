@@ -10,10 +10,10 @@ import torch
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from segflow.config import load_checkpoint, load_module
 from segflow.data import synth_xca
 from segflow.methods import Diffusion
 from segflow.networks import MedSegDiff
+from segflow.runs.checkpoints import load_checkpoint, load_module
 
 # A 2-level MedSegDiff with T = 50 so that even full DDPM is 50 network calls.
 SMALL = ["model=medsegdiff", "model.net.channel_mult=[1,2]", "model.net.attention=false",

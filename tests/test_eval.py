@@ -11,7 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from segflow.errors import ConfigError
-from segflow.eval import evaluate, grid_combinations, load_for_eval, open_key_overrides
+from segflow.eval import evaluate, grid_combinations
+from segflow.runs.checkpoints import load_for_eval, open_key_overrides
 
 from conftest import CONF, TOY_ENV, run_entry
 

@@ -11,12 +11,12 @@ import torch
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from segflow.config import load_module
 from segflow.inference import predict_whole
 from segflow.lit_module import SegModule
 from segflow.methods import FlowMatching
 from segflow.metrics import VesselMetrics
 from segflow.networks import ADMConcatUNet
+from segflow.runs.checkpoints import load_module
 
 from conftest import TINY, run_dirs, run_entry
 

@@ -6,8 +6,9 @@ import nbformat
 from hydra import compose, initialize_config_dir
 from nbclient import NotebookClient
 
-from segflow.eval import evaluate, open_key_overrides
+from segflow.eval import evaluate
 from segflow.report import write_report
+from segflow.runs.checkpoints import open_key_overrides
 
 from conftest import CONF, ROOT
 

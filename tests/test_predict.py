@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from segflow.errors import DataError
-from segflow.eval import open_key_overrides
 from segflow.predict import predict_folder
+from segflow.runs.checkpoints import open_key_overrides
 
 from conftest import CONF, run_entry
 

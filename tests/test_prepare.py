@@ -13,7 +13,7 @@ import pytest
 
 from segflow.data.adapters import find_pairs
 from segflow.data.datasets import load_split
-from segflow.data.prepare import check, prepare
+from segflow.data.layout import check, prepare
 from segflow.errors import DataError
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from segflow.data.io import read_image
-from segflow.data.prepare import prepare
+from segflow.data.layout import prepare
 from segflow.errors import DataError
 from segflow.prepare import main as prepare_main
 

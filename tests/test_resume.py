@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from segflow.errors import ConfigError
-from segflow.resume import find_last_checkpoint, fingerprint, resolve_resume
+from segflow.runs.auto_resume import find_last_checkpoint, fingerprint, resolve_resume
 
 # Three epochs of two steps; gradient noise from the global RNG (like a generative loss).
 RUN = ["trainer.max_epochs=3", "+callbacks.noise._target_=tests.probes.GradNoise"]

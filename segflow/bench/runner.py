@@ -23,8 +23,8 @@ from segflow.bench.presets import (
     hydra_context,
     preset_overrides,
 )
-from segflow.bench.report import to_markdown, write
 from segflow.bench.sampling import bench_sampling, ratio_table
+from segflow.bench.tables import to_markdown, write
 from segflow.bench.timing import autocast_dtype, device_name
 from segflow.bench.training import bench_training
 from segflow.errors import ConfigError

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from segflow.outputs import save_prediction_pngs
+from segflow.runs.results import save_prediction_pngs
 
 
 class TestPredictionWriter(pl.Callback):

@@ -1,7 +1,7 @@
 """Native layouts of public vessel datasets → a list of (split, stem, image, label, fov) pairs.
 
 Each adapter only *finds and pairs* files; decoding, validation and writing are done by
-:mod:`segflow.data.prepare`. Adapters raise :class:`~segflow.errors.DataError` naming the
+:mod:`segflow.data.layout`. Adapters raise :class:`~segflow.errors.DataError` naming the
 file or folder and the fix when the layout is not what the dataset's download contains.
 
 Kinds: ``drive``, ``chase``, ``dca1`` (alias ``angios``: the XCA "Angios" sets, ``N.png``

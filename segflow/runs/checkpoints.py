@@ -1,6 +1,7 @@
-"""Config helpers: build objects from a composed config, rebuild a trained model.
+"""A run's checkpoints: find them, rebuild the trained model, choose EMA or raw weights.
 
-Hydra/OmegaConf are used here and in the entry points only.
+Used by ``segflow.eval``, ``segflow.predict`` and the benchmarks (Hydra/OmegaConf here and
+in the entry points only).
 """
 
 from __future__ import annotations
@@ -17,13 +18,31 @@ from segflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+#: Config groups whose dotted keys are added to (not only overridden in) the config.
+OPEN_KEYS = ("model.", "data.", "grid.")
 
-def build_many(group: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a group holding named ``_target_`` configs (callbacks,
-    loggers); entries set to ``null`` are skipped so a user can disable one by name."""
-    if not group:
-        return []
-    return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+
+def run_folder(path: str | Path) -> Path:
+    """The run folder of a run folder or of ``<run>/checkpoints/<x>.ckpt``."""
+    path = Path(path)
+    if path.is_file():
+        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path
+
+
+def open_key_overrides(argv: list[str]) -> list[str]:
+    """Prefix ``model.*``, ``data.*`` and ``grid.*`` overrides with ``++``: these groups are
+    empty in eval.yaml (the values come from the checkpoint), so Hydra would refuse keys
+    it has not seen. Idempotent (DDP child processes re-run the same command line)."""
+    return [f"++{a}" if a.startswith(OPEN_KEYS) and "=" in a else a for a in argv]
+
+
+def best_val_score(ckpt: dict[str, Any]) -> float | None:
+    """The monitored validation score saved by ``ModelCheckpoint`` in a checkpoint."""
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
+            return float(state["best_model_score"])
+    return None
 
 
 def checkpoint_path(path: str | Path, which: str = "best") -> Path:
@@ -84,5 +103,24 @@ def load_module(path: str | Path, which: str = "best", overrides: dict[str, Any]
     return module, cfg
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
+def load_for_eval(cfg: DictConfig) -> tuple[Any, DictConfig, dict[str, Any]]:
+    """Rebuild the module (``model.*`` overrides merged), choose EMA or raw weights.
+
+    Returns:
+        (module, stored run config, checkpoint metadata for metrics.json).
+    """
+    if cfg.weights not in ("ema", "raw"):
+        raise ConfigError(f"weights must be 'ema' or 'raw', got {cfg.weights!r}")
+    model_cfg = cfg.get("model")
+    overrides = OmegaConf.to_container(model_cfg, resolve=True) if model_cfg is not None else {}
+    module, stored = load_module(cfg.run_dir, cfg.which, overrides)
+    ckpt_file = checkpoint_path(cfg.run_dir, cfg.which)
+    ckpt = load_checkpoint(ckpt_file)
+    if cfg.weights == "raw":
+        if "current_model_state" in ckpt:  # EMA runs keep the raw weights beside the average
+            module.load_state_dict(ckpt["current_model_state"])
+        else:
+            log.info("%s kept no EMA: its weights are the raw weights", ckpt_file)
+    meta = {"checkpoint": str(ckpt_file), "epoch": ckpt.get("epoch"),
+            "global_step": ckpt.get("global_step"), "best_val_score": best_val_score(ckpt)}
+    return module, stored, meta
