@@ -48,7 +48,7 @@ def effective_batch_size(cfg: DictConfig, trainer: pl.Trainer) -> int:
 
 
 def oom_advice(cfg: DictConfig, trainer: pl.Trainer | None = None) -> str:
-    """The training guide's advice on CUDA out-of-memory, with this run's values."""
+    """Advice on CUDA out-of-memory: the keys that reduce memory, with this run's values."""
     world = trainer.world_size if trainer is not None else "?"
     return (
         f"CUDA ran out of memory with data.train_bs={cfg.data.train_bs}, "
@@ -219,7 +219,7 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 @contextmanager
 def _stop_cleanly(cfg: DictConfig, trainer: pl.Trainer | None,
                   interrupt: InterruptCheckpoint | None) -> Iterator[None]:
-    """CUDA OOM → the guide's advice as one error; SIGTERM / Ctrl+C (``last.ckpt`` already
+    """CUDA OOM → :func:`oom_advice` as one error; SIGTERM / Ctrl+C (``last.ckpt`` already
     written by :class:`InterruptCheckpoint`) → exit 128 + the signal number on rank 0, as a
     shell reports a killed program, and 0 on other DDP ranks (a non-zero child would make
     Lightning kill rank 0 while it reports)."""

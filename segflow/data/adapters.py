@@ -278,7 +278,7 @@ def octa500(source: Path, subset: str = "3M", projection: str = "OCTA(FULL)",
 def folder(source: Path, image_dir: str = "image", label_dir: str = "label",
            fov_dir: str = "fov") -> Found:
     """segflow's layout ``<root>/{train,val,test}/{image,label[,fov]}/`` (``--check`` of a
-    user's own data, e.g. ``data/xca_full``)."""
+    folder of your own images, e.g. ``data/xca_full``)."""
     _need_dir(source, "a folder with train/ (and optionally val/, test/)")
     present = [s for s in SPLITS if (source / s).is_dir()]
     if not present:
