@@ -8,6 +8,15 @@ through the real :class:`~segflow.data.SegDataModule`. Results go to
 never from timed tests.
 """
 
-from segflow.bench.runner import run_bench
+from typing import Any
 
 __all__ = ["run_bench"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use, so that ``python -m segflow.bench.loader`` runs its module once.
+    if name == "run_bench":
+        from segflow.bench.runner import run_bench
+
+        return run_bench
+    raise AttributeError(name)
