@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -140,3 +141,14 @@ def prepared(tmp_path_factory):
         return cache[key]
 
     return _prepare
+
+
+def assert_learned(metrics: dict, dice_floor: float = 0.05, auc_floor: float | None = None) -> None:
+    """Test metrics that a broken model cannot produce: finite Dice above ``dice_floor`` (an
+    empty or NaN prediction scores 0 / NaN) and, where given, AUC above ``auc_floor``
+    (a constant output scores 0.5). ``0 <= dice <= 1`` alone passes for an empty mask."""
+    dice = float(metrics["dice"])
+    assert math.isfinite(dice) and dice_floor < dice <= 1.0, metrics
+    if auc_floor is not None:
+        auc = float(metrics["auc"])
+        assert math.isfinite(auc) and auc_floor < auc <= 1.0, metrics

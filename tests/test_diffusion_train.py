@@ -15,6 +15,8 @@ from segflow.methods import Diffusion
 from segflow.networks import MedSegDiff
 from segflow.runs.checkpoints import load_checkpoint, load_module
 
+from conftest import assert_learned
+
 # A 2-level MedSegDiff with T = 50 so that even full DDPM is 50 network calls.
 SMALL = ["model=medsegdiff", "model.net.channel_mult=[1,2]", "model.net.attention=false",
          "model.method.timesteps=50",
@@ -27,7 +29,8 @@ def test_medsegdiff_trains_and_one_checkpoint_evaluates_under_every_sampler(trai
     _, run = train(*SMALL, "model.num_log_images=1")
     assert run.parent.name == "medsegdiff_synthetic_xca"
     summary = json.loads((run / "metrics.json").read_text())
-    assert summary["model"] == "medsegdiff" and 0.0 <= summary["test"]["dice"] <= 1.0
+    assert summary["model"] == "medsegdiff"
+    assert_learned(summary["test"])
     ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert "averaging_state" in ckpt  # EMA on by default for the diffusion preset
     # The validation grid has the uncertainty column: image|truth|pred|uncertainty|error.
@@ -56,7 +59,7 @@ def test_medsegdiff_trains_and_one_checkpoint_evaluates_under_every_sampler(trai
         results[(sampler, steps)] = module.test_results
     assert len(results) == 5
     for metrics in results.values():
-        assert 0.0 <= metrics["dice"] <= 1.0 and 0.0 <= metrics["auc"] <= 1.0
+        assert_learned(metrics)
 
 
 def test_medsegdiff_small_preset_composes_and_runs(train):

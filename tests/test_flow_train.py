@@ -18,7 +18,7 @@ from segflow.metrics import VesselMetrics
 from segflow.networks import ADMConcatUNet
 from segflow.runs.checkpoints import load_module
 
-from conftest import TINY, run_dirs, run_entry
+from conftest import TINY, assert_learned, run_dirs, run_entry
 
 # TINY without the U-Net's base_channels, plus a tiny ADM U-Net (attention at 1/2 of the
 # 32 px crops) and a 2-step sampler with a 2-member ensemble.
@@ -44,7 +44,7 @@ def test_cli_run_with_a_two_step_sampler(flow_run):
     _, run = flow_run
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["model"] == "flow" and summary["global_step"] == 4
-    assert 0.0 <= summary["test"]["dice"] <= 1.0
+    assert_learned(summary["test"])
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     # EMA weights are what is checkpointed; the raw weights are kept for resuming.
     key = "net.input.weight"
@@ -77,7 +77,7 @@ def test_one_checkpoint_sampled_under_a_grid_of_settings(flow_run):
             assert (pred.uncertainty is None) == (n == 1)
             metrics = VesselMetrics()
             metrics.update(pred.probs, batch["mask"], batch["valid"])
-            assert 0.0 <= float(metrics.compute()["dice"]) <= 1.0
+            assert_learned(metrics.compute())
     # The same through with_settings on the already loaded module, same seeded noise.
     again = predict_whole(module.method.with_settings(steps=10, n_samples=4), module.net,
                           batch["image"], generator=SegModule.eval_generator(batch))

@@ -14,7 +14,7 @@ import yaml
 
 from segflow.report import find_runs, main, write_report
 
-from conftest import ROOT
+from conftest import ROOT, assert_learned
 
 
 def _sweep(tiny_runs, tmp_path):
@@ -55,7 +55,8 @@ def test_make_report_on_a_multirun_folder(tiny_runs, tmp_path):
     assert [r["model.learning_rate"] for r in rows] == ["", "0.01"]
     assert "trainer" not in rows[0] and "model.net.base_channels" not in rows[0]
     for r in rows:
-        assert 0 <= float(r["dice"]) <= 1 and r["cldice"] != "" and r["betti0_error"] != ""
+        assert_learned(r)
+        assert r["cldice"] != "" and r["betti0_error"] != ""
     md = (out / "report.md").read_text()
     header = "| run | model | data | experiment_name | model.learning_rate | dice |"
     assert header in md and "| 1 | toy_flow | synthetic_xca | tiny_toy_flow | 0.01 |" in md

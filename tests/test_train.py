@@ -5,7 +5,7 @@ import json
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_dirs
+from conftest import assert_learned, run_dirs
 
 
 def test_run_folder_layout_metrics_and_tensorboard(train):
@@ -16,7 +16,8 @@ def test_run_folder_layout_metrics_and_tensorboard(train):
         assert (run / rel).is_file(), rel
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["global_step"] == 4 and summary["effective_batch_size"] == 4
-    assert 0.0 <= summary["test"]["dice"] <= 1.0 and 0.0 <= summary["test"]["auc"] <= 1.0
+    # 4 steps: above the all-foreground Dice of synthetic XCA (≈ 0.17; measured 0.34) and chance AUC.
+    assert_learned(summary["test"], dice_floor=0.25, auc_floor=0.6)
     log = (run / "train.log").read_text()
     assert "effective batch size = train_bs 2 x num_samples_per_image 2 x world size 1" in log
     events = list((run / "tensorboard").glob("events.out.tfevents.*"))
