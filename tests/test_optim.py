@@ -9,23 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from hydra.utils import instantiate
+from test_config import _hydra  # noqa: F401 - the same autouse Hydra context
 
 from segflow.bench.training import bench_training
 from segflow.optim import build_optimizer, param_groups, warmup_schedule
-
-from conftest import CONF
-
-
-@pytest.fixture(autouse=True)
-def _hydra(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGFLOW_DATA_DIR", str(tmp_path / "data"))
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def configured(overrides: list[str], total: int = 40):

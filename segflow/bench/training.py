@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from segflow import optim
 from segflow.bench.timing import (
     autocast,
     autocast_dtype,
@@ -18,14 +19,6 @@ from segflow.bench.timing import (
     stopwatch,
 )
 from segflow.methods.base import Method
-from segflow.optim import (
-    OptimizerFactory,
-    SchedulerFactory,
-    build_optimizer,
-    build_scheduler,
-    default_optimizer,
-    warmup_schedule,
-)
 
 
 @dataclass
@@ -85,8 +78,10 @@ def count_flops(net: nn.Module, method: Method, batch: dict[str, torch.Tensor]) 
 
 def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int, batch: int,
                    precision: str, channels_last: bool, compile: bool, warmup_steps: int,
-                   steps: int, device: torch.device, optimizer: OptimizerFactory | None = None,
-                   scheduler: SchedulerFactory | None = None, fused_adamw: bool = True, flops: bool = True, peak_tflops: float | None = None,
+                   steps: int, device: torch.device,
+                   optimizer: optim.OptimizerFactory | None = None,
+                   scheduler: optim.SchedulerFactory | None = None, fused_adamw: bool = True,
+                   flops: bool = True, peak_tflops: float | None = None,
                    seed: int = 0) -> TrainCase:
     """Time ``steps`` optimiser steps (loss, backward, optimiser and LR-schedule step) on
     a fixed synthetic batch, with the run's ``model.optimizer`` / ``model.scheduler``
@@ -117,8 +112,9 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
             case.fwd_gflops_per_image = fwd / batch / 1e9
             case.train_gflops_per_image = total / batch / 1e9
         step_net = torch.compile(net) if compile else net
-        opt = build_optimizer(optimizer or default_optimizer(), net, fused_adamw)
-        sched = build_scheduler(scheduler or warmup_schedule, opt, warmup_steps + steps)
+        opt = optim.build_optimizer(optimizer or optim.default_optimizer(), net, fused_adamw)
+        sched = optim.build_scheduler(scheduler or optim.warmup_schedule, opt,
+                                      warmup_steps + steps)
         scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(precision) == torch.float16)
 
         def step() -> None:
