@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,13 @@ from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from segflow.bench.timing import Row, error_line
 from segflow.data.datasets import RandomCropDataset, Sample
 from segflow.data.transforms import build_train_transform
 
 
 @dataclass
-class LoaderCase:
+class LoaderCase(Row):
     """One row of the loader table."""
 
     workers: int
@@ -47,9 +48,6 @@ class LoaderCase:
     pin_memory: bool
     persistent_workers: bool
     error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def loader_datamodule(workers: int, *, source_size: int, n_images: int, crop: int, train_bs: int,
@@ -104,7 +102,7 @@ def bench_loader(workers: int, *, source_size: int = 512, n_images: int = 32, cr
             case.crops_per_s = crops / (end - first_at)
         del loader  # shuts persistent workers down
     except Exception as exc:  # reported in the table, the other rows still run
-        case.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        case.error = error_line(exc)
     return case
 
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from segflow.bench.timing import autocast, stopwatch
+from segflow.bench.timing import Row, autocast, error_line, stopwatch
 from segflow.methods.base import GenerativeMethod, Method
 
 
 @dataclass
-class SampleCase:
+class SampleCase(Row):
     """One row of the sampling table."""
 
     model: str
@@ -34,9 +34,6 @@ class SampleCase:
 
     def __post_init__(self) -> None:
         self.members = self.batch * self.n_samples  # samples per network call
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.settings.items()) or "defaults"
@@ -84,7 +81,7 @@ def bench_sampling(name: str, net: nn.Module, method: Method,
                     run_net(*inputs)
             per_forward = t[0]
         except Exception as exc:  # reported per row below
-            warm_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            warm_error = error_line(exc)
         for settings in settings_list:
             settings = dict(settings)
             case = SampleCase(name, type(method).__name__, settings, int(n), batch, image_size,
@@ -115,7 +112,7 @@ def bench_sampling(name: str, net: nn.Module, method: Method,
                 case.seconds_per_image = best / batch
                 case.ms_per_nfe = 1e3 * best / max(1, case.nfe)
             except Exception as exc:
-                case.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                case.error = error_line(exc)
     del net, run_net
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -6,6 +6,8 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
 
 import torch
 
@@ -78,3 +80,16 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
+
+
+class Row:
+    """A benchmark table row (a dataclass): ``as_dict`` for ``bench.json``."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
+def error_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters) for a table's error column."""
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -12,8 +11,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segflow import optim
 from segflow.bench.timing import (
+    Row,
     autocast,
     autocast_dtype,
+    error_line,
     peak_memory_mib,
     reset_peak_memory,
     stopwatch,
@@ -22,7 +23,7 @@ from segflow.methods.base import Method
 
 
 @dataclass
-class TrainCase:
+class TrainCase(Row):
     """One row of the training table."""
 
     model: str
@@ -41,9 +42,6 @@ class TrainCase:
     achieved_tflops: float | None = None
     mfu: float | None = None
     error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def synthetic_batch(in_channels: int, out_channels: int, batch: int, size: int,
@@ -141,7 +139,7 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
             if device.type == "cuda" and peak_tflops:
                 case.mfu = case.achieved_tflops / peak_tflops
     except Exception as exc:  # a benchmark row that cannot run is reported, not fatal
-        case.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        case.error = error_line(exc)
     finally:
         del net
         if device.type == "cuda":
