@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -145,6 +146,14 @@ class GenerativeMethod(Method):
         """Generated x (≈ [-1, 1]) → probability in [0, 1]."""
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
+    def stochastic_steps(self) -> bool:
+        """Whether :meth:`sample` draws fresh noise during sampling (beyond the starting
+        noise) with the current settings. Methods that do accept a ``step_noise``
+        keyword in :meth:`sample` and :meth:`predict`: a callable returning each such
+        step's standard Gaussian noise, shaped like the state, called once per step in order
+        (the sliding window passes crops of one whole-image field per step)."""
+        return False
+
     @abstractmethod
     def sample(self, net: nn.Module, image: Tensor, noise: Tensor,
                generator: torch.Generator | None = None) -> tuple[Tensor, int]:
@@ -154,7 +163,8 @@ class GenerativeMethod(Method):
             net: the denoiser.
             image: (B, C_in, H, W) conditioning images (already repeated per member).
             noise: (B, C, H, W) the starting Gaussian noise.
-            generator: for any further randomness (stochastic samplers).
+            generator: for any further randomness (stochastic samplers; see
+                :meth:`stochastic_steps` for their optional ``step_noise`` keyword).
 
         Returns:
             (x, nfe): generated masks (B, C, H, W) in ≈ [-1, 1] and the network
@@ -163,13 +173,19 @@ class GenerativeMethod(Method):
 
     @torch.no_grad()
     def predict(self, net: nn.Module, image: Tensor, generator: torch.Generator | None = None,
-                noise: Tensor | None = None) -> Prediction:
+                noise: Tensor | None = None, step_noise: Callable[[], Tensor] | None = None
+                ) -> Prediction:
         """Ensemble prediction.
 
         Args:
             image: (B, C_in, H, W).
             noise: optional (B·N, C, H, W) starting noise (e.g. one field shared by
                 overlapping sliding-window tiles); drawn from ``generator`` when None.
+            step_noise: optional per-step noise source for methods whose
+                :meth:`stochastic_steps` is True: each call returns the next stochastic
+                step's (B·N, C, H, W) standard Gaussian noise (members in the order of
+                ``noise``); drawn from ``generator`` when None, ignored by deterministic
+                samplers.
         """
         n = int(self.n_samples)
         b, _, h, w = image.shape
@@ -179,7 +195,9 @@ class GenerativeMethod(Method):
                                 dtype=image.dtype)
         elif noise.shape != (b * n, c, h, w):
             raise ValueError(f"noise must have shape {(b * n, c, h, w)}, got {tuple(noise.shape)}")
-        x, nfe = self.sample(net, image.repeat_interleave(n, dim=0), noise, generator)
+        use_steps = step_noise is not None and self.stochastic_steps()
+        extra = {"step_noise": step_noise} if use_steps else {}
+        x, nfe = self.sample(net, image.repeat_interleave(n, dim=0), noise, generator, **extra)
         members = self.x_to_probs(x).view(b, n, c, h, w)
         return Prediction(
             probs=members.mean(dim=1),

@@ -5,6 +5,7 @@ from segflow.methods.diffusion.samplers import (
     SAMPLERS,
     SPACINGS,
     DPMSolverPP2M,
+    StepNoise,
     ddim_step,
     ddpm_step,
     step_grid,
@@ -12,4 +13,4 @@ from segflow.methods.diffusion.samplers import (
 from segflow.methods.diffusion.schedule import NoiseSchedule, make_betas, target_of, x0_eps_of
 
 __all__ = ["SAMPLERS", "SPACINGS", "DPMSolverPP2M", "Diffusion", "NoiseSchedule", "ddim_step", "ddpm_step",
-           "make_betas", "step_grid", "target_of", "x0_eps_of"]
+           "StepNoise", "make_betas", "step_grid", "target_of", "x0_eps_of"]
