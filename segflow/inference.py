@@ -86,10 +86,10 @@ class TileStepNoise:
     Each call draws the next whole-image field of standard Gaussian noise, (B, N, C, H, W)
     (the same values as the (B·N, C, H, W) field a whole-image ``method.predict`` draws),
     from a generator started at ``state``, and returns the crops of the tiles in ``boxes``
-    stacked as the tile batch is (tile, image, member). Every tile
-    batch replays the same stream from the same ``state``, so at every step overlapping
-    tiles add the same noise where they overlap, and the fields are exactly those a
-    whole-image prediction from that generator state would draw.
+    stacked as the tile batch is (tile, image, member). Every tile batch replays the same
+    stream from the same ``state``, so at every step overlapping tiles add the same noise
+    where they overlap, and the fields are exactly those a whole-image prediction from
+    that generator state would draw.
 
     Args:
         state: the generator state the stream starts from (``Generator.get_state()``).
