@@ -96,6 +96,40 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     return sorted({min(i * stride, length - tile) for i in range(n)})
 
 
+class TileStepNoise:
+    """Per-step noise for one batch of sliding-window tiles, cut from whole-image fields.
+
+    Each call draws the next whole-image field of standard Gaussian noise, (B, N, C, H, W)
+    (the same values as the (B·N, C, H, W) field a whole-image ``method.predict`` draws),
+    from a generator started at ``state``, and returns the crops of the tiles in ``boxes``
+    stacked as the tile batch is (tile, image, member). Every tile batch replays the same
+    stream from the same ``state``, so at every step overlapping tiles add the same noise
+    where they overlap, and the fields are exactly those a whole-image prediction from
+    that generator state would draw.
+
+    Args:
+        state: the generator state the stream starts from (``Generator.get_state()``).
+        device: the generator's device.
+        shape: (B, N, C, H, W) of the whole (padded) image's fields.
+        boxes: top-left corners of this batch's tiles.
+        tile: tile side.
+        out_device: where the crops go (the images' device).
+    """
+
+    def __init__(self, state: Tensor, device: torch.device, shape: tuple[int, ...],
+                 boxes: list[tuple[int, int]], tile: int, out_device: torch.device):
+        self.generator = torch.Generator(device=device)
+        self.generator.set_state(state)
+        self.shape, self.boxes, self.tile, self.out_device = shape, boxes, tile, out_device
+
+    def __call__(self) -> Tensor:
+        _, _, c, _, _ = self.shape
+        field = torch.randn(self.shape, generator=self.generator, device=self.generator.device)
+        t = self.tile
+        return torch.cat([field[..., y: y + t, x: x + t] for y, x in self.boxes]
+                         ).reshape(-1, c, t, t).to(self.out_device)
+
+
 @torch.no_grad()
 def predict_sliding(method: Method, net: nn.Module, image: Tensor, tile_size: int,
                     overlap: float = 0.25, sigma_scale: float = 0.125, tile_batch: int = 4,
@@ -104,10 +138,12 @@ def predict_sliding(method: Method, net: nn.Module, image: Tensor, tile_size: in
 
     Tiles of ``tile_size`` (rounded up to ``net.size_multiple``) overlap by ``overlap``;
     each output pixel is the Gaussian-weighted mean of the tiles covering it. For a
-    method that draws noise (:meth:`~segflow.methods.base.Method.noise_shape`), **one**
-    noise field of the whole image's size is drawn (from ``generator``) and each tile
-    starts from its crop of it,
-    so overlapping tiles follow the same trajectory and agree where they meet.
+    :class:`~segflow.methods.base.GenerativeMethod`, **one** noise field of the whole
+    image's size is drawn (from ``generator``) and each tile starts from its crop of it;
+    samplers that add noise at every step (DDPM, DDIM with η > 0) take it from one
+    whole-image field per step in the same way (:class:`TileStepNoise`). Overlapping
+    tiles therefore follow the same trajectory and agree where they meet, and with a
+    per-pixel network the result equals the whole-image prediction from the same generator.
 
     Args:
         image: (B, C, H, W) normalised images; smaller than a tile is padded (reflection).
@@ -118,7 +154,8 @@ def predict_sliding(method: Method, net: nn.Module, image: Tensor, tile_size: in
 
     Returns:
         :class:`Prediction` at (H, W): ``probs`` (B, C_out, H, W); ``uncertainty`` and
-        ``samples`` (B, N, C_out, H, W) blended the same way when the method returns them.
+        ``samples`` (B, N, C_out, H, W) blended the same way when the method returns them;
+        ``nfe``: the network evaluations of every tile batch, summed (per ensemble member).
     """
     if not 0 <= overlap < 1:
         raise ValueError(f"inference.overlap must be in [0, 1), got {overlap}")
@@ -138,17 +175,31 @@ def predict_sliding(method: Method, net: nn.Module, image: Tensor, tile_size: in
     shape = method.noise_shape(net, padded)  # (B·N, C_out, H, W) or None
     noise = None if shape is None else torch.randn(shape, generator=generator,
                                                    device=image.device, dtype=image.dtype)
+    step_stream: torch.Generator | None = None
+    if shape is not None and method.stochastic_steps():
+        # The per-step fields continue the generator's stream, as a whole image's would;
+        # without a generator, a seeded one from the global RNG keeps tiles consistent.
+        step_stream = generator
+        if step_stream is None:
+            seed = int(torch.randint(2**62, (1,)))
+            step_stream = torch.Generator(device=image.device).manual_seed(seed)
+        step_state = step_stream.get_state()
+        step_shape = (b, shape[0] // b, *shape[1:])  # (B, N, C_out, H, W)
     weight = gaussian_weight(tile, sigma_scale, image.device)
     acc: dict[str, Tensor] = {}
     norm = torch.zeros((H, W), device=image.device)
-    nfe = 1
+    nfe = 0
     for k in range(0, len(boxes), max(1, int(tile_batch))):
         chunk = boxes[k: k + max(1, int(tile_batch))]
         tiles = torch.cat([padded[..., y: y + tile, x: x + tile] for y, x in chunk])  # (T·B, C, t, t)
-        tile_noise = None if noise is None else torch.cat(
-            [noise[..., y: y + tile, x: x + tile] for y, x in chunk])  # (T·B·N, C_out, t, t)
-        pred = method.predict(net, tiles, generator=generator, noise=tile_noise)
-        nfe = pred.nfe
+        kwargs: dict[str, Any] = {"generator": generator}
+        if noise is not None:
+            kwargs["noise"] = torch.cat([noise[..., y: y + tile, x: x + tile] for y, x in chunk])
+        if step_stream is not None:
+            kwargs["step_noise"] = step_noise = TileStepNoise(
+                step_state, step_stream.device, step_shape, chunk, tile, image.device)
+        pred = method.predict(net, tiles, **kwargs)
+        nfe += pred.nfe
         parts = {"probs": pred.probs, "uncertainty": pred.uncertainty, "samples": pred.samples}
         for name, value in parts.items():
             if value is None:
@@ -161,6 +212,8 @@ def predict_sliding(method: Method, net: nn.Module, image: Tensor, tile_size: in
                 acc[name][..., y: y + tile, x: x + tile] += per_tile[i] * weight
         for y, x in chunk:
             norm[y: y + tile, x: x + tile] += weight
+    if step_stream is not None:  # leave the generator where a whole image would have
+        step_stream.set_state(step_noise.generator.get_state())
     out = {name: (v / norm)[..., :h, :w] for name, v in acc.items()}
     return Prediction(probs=out["probs"], uncertainty=out.get("uncertainty"),
                       samples=out.get("samples"), nfe=nfe)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from segflow.errors import NetworkMismatchError
 from segflow.methods import Diffusion
@@ -45,13 +45,92 @@ def test_ff_parser_filters_in_frequency():
     assert ff.attentive_map(32, 20).shape == (1, 32, 11)
 
 
-def test_condition_fusion_adds_attended_image_features():
+@pytest.mark.parametrize("size", [16, 15])
+@pytest.mark.parametrize("hw", [(32, 20), (24, 24), (7, 9), (8, 8), (17, 40)])
+def test_ff_parser_resized_map_keeps_zero_frequency_at_zero_frequency(size, hw):
+    """Resized to another feature size, the DC weight lands on the DC bin (index [0, 0] of
+    rfft2's layout) and every bin gets the map's value at its own physical frequency."""
+    torch.manual_seed(0)
+    ff = FFParser(channels=2, size=size)
+    rows, cols = ff.delta.shape[-2:]
+    with torch.no_grad():
+        ff.delta.normal_()
+    dc = ff.delta[:, :, size // 2, 0]  # stored with rows centred (zero frequency at size // 2)
+    a = ff.attentive_map(*hw)
+    torch.testing.assert_close(a[:, 0, 0], torch.complex(1 + dc[:, 0], dc[:, 1]))
+    # A map linear in frequency, a + b·fy + c·fx, is resampled exactly (inside its range).
+    fy = (torch.arange(rows) - size // 2) / size
+    fx = torch.arange(cols) / size
+    with torch.no_grad():
+        ff.delta[:, 0] = 0.5 + 2.0 * fy[:, None] - 3.0 * fx[None, :]
+        ff.delta[:, 1] = 0.0
+    h, w = hw
+    ty = torch.fft.fftfreq(h).clamp(float(fy.min()), float(fy.max()))  # rfft2's row order
+    tx = torch.fft.rfftfreq(w).clamp(max=float(fx.max()))
+    expected = 1.5 + 2.0 * ty[:, None] - 3.0 * tx[None, :]
+    torch.testing.assert_close(ff.attentive_map(h, w).real, expected.expand(2, h, w // 2 + 1),
+                               atol=1e-5, rtol=1e-5)
+    # So a constant image passes with the DC weight whatever its size.
+    x = torch.ones(1, 2, h, w)
+    torch.testing.assert_close(ff(x), 1.5 * x, atol=1e-5, rtol=1e-5)
+
+
+def test_condition_fusion_modulates_the_condition_by_the_mask_features():
     fusion = ConditionFusion(channels=4, fft_size=8)
-    mask_feat, cond = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
-    torch.testing.assert_close(fusion(mask_feat, torch.zeros_like(cond)), mask_feat, atol=1e-5, rtol=1e-5)
-    out = fusion(mask_feat, cond)
-    expected = mask_feat + fusion.norm_cond(cond) * fusion.norm_mask(mask_feat) * cond
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        fusion.ff_parser.delta.normal_(0, 0.3)
+        fusion.norm_cond.norm.weight.normal_(1, 0.2)
+        fusion.norm_mask.norm.bias.normal_(0, 0.2)
+    cond, mask_feat = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    out = fusion(cond, mask_feat)
+    # Eq. 4 on the condition: A = (LN(m_I) ⊙ LN(FF(m_x))) ⊙ m_I, and the stream goes on as m_I + A.
+    ln = lambda x, norm: torch.nn.functional.group_norm(x, 1, norm.weight, norm.bias, 1e-5)  # noqa: E731
+    affine = ln(cond, fusion.norm_cond.norm) * ln(fusion.ff_parser(mask_feat), fusion.norm_mask.norm)
+    torch.testing.assert_close(out, cond + affine * cond, atol=1e-5, rtol=1e-5)
+    # LN normalises each sample over channels and pixels: scaling the mask features is invisible.
+    torch.testing.assert_close(fusion(cond, 3.0 * mask_feat), out, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(fusion(cond, torch.randn_like(mask_feat)), out)
+    torch.testing.assert_close(fusion(torch.zeros_like(cond), mask_feat), torch.zeros_like(cond))
+
+
+def _condition_features(net: MedSegDiff, x_t, t, image) -> dict[str, Tensor]:
+    """Outputs of the condition encoder's blocks (and downsamplers) in one forward pass."""
+    feats: dict[str, Tensor] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: feats.__setitem__(name, out))
+             for name, m in [*((f"enc{k}", blocks[-1]) for k, blocks in enumerate(net.cond_enc)),
+                             *((f"down{k}", d) for k, d in enumerate(net.cond_down))]]
+    try:
+        net(x_t, t, image)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return feats
+
+
+def test_condition_stream_depends_on_x_t_through_the_dynamic_encoding():
+    net = randomise(tiny_net(channel_mult=(1, 2, 2), dce_levels=[0, 1]))
+    x, image, t = torch.randn(2, 1, 16, 16), torch.randn(2, 1, 16, 16), torch.tensor([0.3, 0.7])
+    a, b = _condition_features(net, x, t, image), _condition_features(net, torch.randn_like(x), t, image)
+    assert set(a) == {"enc0", "enc1", "enc2", "down0", "down1"}
+    # The first block reads the image only; after the first modulation everything depends on x_t.
+    torch.testing.assert_close(a["enc0"], b["enc0"])
+    for name in ("down0", "enc1", "down1", "enc2"):
+        assert not torch.allclose(a[name], b[name], atol=1e-4), name
+    # Same x_t, same condition features (the dependence is on x_t, not on chance).
+    for name, value in _condition_features(net, x, t, image).items():
+        torch.testing.assert_close(value, a[name])
+    # Without dynamic conditional encoding the condition encoder never sees x_t.
+    plain = randomise(tiny_net(channel_mult=(1, 2, 2), dce_levels=[]))
+    a, b = _condition_features(plain, x, t, image), _condition_features(plain, torch.randn_like(x), t, image)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+    # Only the levels asked for are modulated: level 2 alone leaves levels 0-1 independent of x_t.
+    late = randomise(tiny_net(channel_mult=(1, 2, 2), dce_levels=[2]))
+    a, b = _condition_features(late, x, t, image), _condition_features(late, torch.randn_like(x), t, image)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+    assert set(late.fusion) == {"2"}
 
 
 def test_medsegdiff_shapes_and_dependencies():

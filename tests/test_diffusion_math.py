@@ -177,3 +177,85 @@ def test_ddim_eta_zero_is_deterministic_and_eta_one_is_not():
     c, _ = noisy.sample(net, image, noise, torch.Generator().manual_seed(1))
     d, _ = noisy.sample(net, image, noise, torch.Generator().manual_seed(2))
     assert not torch.allclose(c, d)
+
+
+def _dpm_2m_by_hand(x, x0s, abs_):
+    """DPM-Solver++(2M) written out from Lu et al. (2022), Algorithm 2, for a short grid:
+    first update first order, the others with D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}."""
+    lam = [0.5 * math.log(a / (1 - a)) for a in abs_]
+    out = x
+    for i in range(len(abs_) - 1):
+        h = lam[i + 1] - lam[i]
+        if i == 0:
+            d = x0s[0]
+        else:
+            r = (lam[i] - lam[i - 1]) / h
+            d = (1 + 1 / (2 * r)) * x0s[i] - 1 / (2 * r) * x0s[i - 1]
+        out = math.sqrt((1 - abs_[i + 1]) / (1 - abs_[i])) * out \
+            - math.sqrt(abs_[i + 1]) * (math.exp(-h) - 1) * d
+    return out
+
+
+def test_dpm_solver_lower_order_final_two_step_case():
+    """Three evaluations (two updates before the clean jump): below 10 steps the second
+    update, into the last grid point, is first order (= DDIM from the current x0);
+    otherwise it is the 2M update, as computed by hand."""
+    g = torch.Generator().manual_seed(6)
+    x, x0_a, x0_b = (torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    ab = [0.1, 0.5, 0.99]  # ᾱ at the three grid points
+    for steps, lower, second_order in [(3, True, False), (3, False, True), (10, True, True)]:
+        solver = DPMSolverPP2M(steps, lower_order_final=lower)
+        mid = solver.step(x, x0_a, ab[0], ab[1])
+        end = solver.step(mid, x0_b, ab[1], ab[2])
+        torch.testing.assert_close(mid, _dpm_2m_by_hand(x, [x0_a], ab[:2]))
+        eps = (mid - math.sqrt(ab[1]) * x0_b) / math.sqrt(1 - ab[1])
+        first = ddim_step(mid, x0_b, eps, ab[1], ab[2], 0.0)
+        second = _dpm_2m_by_hand(x, [x0_a, x0_b], ab)
+        assert not torch.allclose(first, second)  # the two orders really differ here
+        torch.testing.assert_close(end, second if second_order else first)
+        torch.testing.assert_close(solver.step(end, x0_a, ab[2], 1.0), x0_a)  # the clean jump
+
+
+def test_dpm_solver_lower_order_final_in_the_sampler():
+    """On the same grid, 3-step DPM-Solver++ is all first order (= DDIM); at 10 steps and
+    more the final update stays second order (the flag changes nothing there)."""
+    def run(sampler, steps, **kw):
+        method = Diffusion(timesteps=1000, sampler=sampler, steps=steps, spacing="logsnr",
+                           clip_x0=False, **kw)
+        net = GaussianOracle(method.schedule, 0.3, 0.2)
+        noise = torch.randn(1, 1, 1, 512, generator=torch.Generator().manual_seed(4),
+                            dtype=torch.float64)
+        return method.sample(net, torch.zeros(1, 1, 1, 512), noise)[0]
+
+    torch.testing.assert_close(run("dpm_solver", 3), run("ddim", 3))
+    assert not torch.allclose(run("dpm_solver", 3, lower_order_final=False), run("ddim", 3))
+    assert not torch.allclose(run("dpm_solver", 9), run("dpm_solver", 9, lower_order_final=False))
+    torch.testing.assert_close(run("dpm_solver", 10), run("dpm_solver", 10, lower_order_final=False))
+    assert Diffusion().with_settings(lower_order_final=False).lower_order_final is False
+
+
+@pytest.mark.parametrize(("sampler", "eta", "draws"), [("ddpm", 0.0, 4), ("ddim", 0.7, 4),
+                                                       ("ddim", 0.0, 0)])
+def test_step_noise_replaces_the_generator_draws(sampler, eta, draws):
+    """A ``step_noise`` source supplies each stochastic step's z, in order: fed the values
+    the generator would draw, the sample is the same; the noisy steps are the updates
+    before the last grid point (the clean jump and deterministic DDIM draw nothing)."""
+    method = Diffusion(timesteps=50, sampler=sampler, steps=5, eta=eta, clip_x0=False)
+    net = GaussianOracle(method.schedule, 0.0, 0.5)
+    noise = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    image = torch.zeros(2, 1, 4, 4)
+    reference, _ = method.sample(net, image, noise, torch.Generator().manual_seed(1))
+    stream, calls = torch.Generator().manual_seed(1), []
+
+    def step_noise():
+        calls.append(1)
+        return torch.randn(noise.shape, generator=stream)
+
+    x, _ = method.sample(net, image, noise, None, step_noise=step_noise)
+    torch.testing.assert_close(x, reference)
+    assert len(calls) == draws and method.stochastic_steps() == (draws > 0)
+    if draws:
+        other, _ = method.sample(net, image, noise, None, step_noise=lambda: torch.zeros_like(noise))
+        assert not torch.allclose(other, reference)
+        with pytest.raises(ValueError, match="step_noise returned shape"):
+            method.sample(net, image, noise, None, step_noise=lambda: torch.zeros(1, 1, 4, 4))

@@ -65,7 +65,10 @@ def test_shared_blocks_keep_each_networks_parameterisation():
     msd = MedSegDiff(base_channels=48, channel_mult=(1,), fft_size=16)
     for net, groups in ((adm, 16), (msd, 24)):
         assert any(isinstance(m, ResBlock) for m in net.modules())
-        widths48 = [m for m in net.modules() if isinstance(m, nn.GroupNorm) and m.num_channels == 48]
+        # the blocks' GroupNorms (MedSegDiff's LayerNorm2d of Eq. 4 is a one-group norm inside)
+        blocks = [m for m in net.modules() if isinstance(m, ResBlock)]
+        widths48 = [m for b in blocks for m in b.modules()
+                    if isinstance(m, nn.GroupNorm) and m.num_channels == 48]
         assert widths48 and all(m.num_groups == groups for m in widths48)
     assert [m.heads for m in adm.modules() if isinstance(m, AttentionBlock)] == [2]
     assert [m.heads for m in msd.modules() if isinstance(m, AttentionBlock)] == [4]

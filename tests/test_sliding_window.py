@@ -153,3 +153,58 @@ def test_train_config_hands_the_datasets_inference_settings_to_the_model(tmp_pat
         "tile_size": 128, "overlap": 0.25, "max_whole_size": 512}
     module = instantiate(cfg.model)
     assert module.inference == {"tile_size": 128, "overlap": 0.25, "max_whole_size": 512}
+
+
+@pytest.mark.parametrize(("sampler", "eta"), [("ddpm", 0.0), ("ddim", 0.5), ("dpm_solver", 0.0)])
+def test_stochastic_samplers_tiled_equal_whole_image(sampler, eta):
+    """Every step's noise comes from one whole-image field: with a per-pixel denoiser the
+    tiled prediction is the whole-image one, member by member, and the generator is left
+    where the whole-image prediction leaves it."""
+    from segflow.methods import Diffusion
+
+    torch.manual_seed(0)
+    net = CountingPointDenoiser().eval()
+    method = Diffusion(timesteps=20, sampler=sampler, steps=5, eta=eta, n_samples=2)
+    assert method.stochastic_steps() == (sampler != "dpm_solver")
+    image = torch.randn(2, 1, 64, 80)
+    g_tiled, g_whole = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    tiled = predict_sliding(method, net, image, tile_size=32, overlap=0.25, tile_batch=4,
+                            generator=g_tiled)
+    calls = net.calls
+    whole = method.predict(net, image, generator=g_whole)
+    assert tiled.samples.shape == whole.samples.shape == (2, 2, 1, 64, 80)
+    torch.testing.assert_close(tiled.samples, whole.samples, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tiled.probs, whole.probs, atol=1e-5, rtol=1e-5)
+    assert whole.uncertainty.max() > 0.05  # the members do differ: the noise matters
+    assert torch.equal(torch.rand(4, generator=g_tiled), torch.rand(4, generator=g_whole))
+    # NFE counts every tile batch: 3 x 3 tiles in batches of 4 -> 3 batches x 5 steps.
+    assert tiled.nfe == calls == 15 and whole.nfe == 5
+
+
+def test_stochastic_tiles_agree_without_a_generator():
+    """Without a generator the per-step fields come from one seed drawn from the global
+    RNG: the result does not depend on how the tiles are grouped into batches (it would
+    if each batch drew its own step noise)."""
+    from segflow.methods import Diffusion
+
+    net, method = CountingPointDenoiser().eval(), Diffusion(timesteps=20, sampler="ddpm", steps=4)
+    image = torch.randn(1, 1, 48, 48)
+    torch.manual_seed(5)
+    one_by_one = predict_sliding(method, net, image, tile_size=32, overlap=0.5, tile_batch=1)
+    torch.manual_seed(5)
+    together = predict_sliding(method, net, image, tile_size=32, overlap=0.5, tile_batch=9)
+    torch.testing.assert_close(one_by_one.probs, together.probs, atol=1e-5, rtol=1e-5)
+    assert one_by_one.nfe == 4 * 4 and together.nfe == 4  # 2 x 2 tiles, 4 steps
+
+
+class CountingPointDenoiser(PointDenoiser):
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([[[[0.5]], [[1.5]]]]))
+            self.conv.bias.fill_(0.1)
+        self.calls = 0
+
+    def forward(self, x_t: Tensor, t: Tensor, image: Tensor) -> Tensor:
+        self.calls += 1
+        return super().forward(x_t, t, image)

@@ -37,8 +37,10 @@ from torch import Tensor, nn
 from segflow.errors import NetworkMismatchError
 from segflow.networks.base import Denoiser
 
-StepNoise = Callable[[int, Tensor], Tensor]
-"""A per-step noise source of stochastic samplers: ``(step index, x) → noise like x``."""
+StepNoise = Callable[[], Tensor]
+"""A per-step noise source of stochastic samplers: each call returns the next stochastic
+step's standard Gaussian noise, shaped like the state (the sliding window passes crops of
+one whole-image field per step)."""
 
 
 @dataclass
@@ -114,6 +116,11 @@ class Method(nn.Module, ABC):
         """The shape of the starting noise :meth:`predict` draws for ``image``, or None
         when it draws none (one-pass methods)."""
         return None
+
+    def stochastic_steps(self) -> bool:
+        """Whether sampling draws fresh noise at its steps (beyond the starting noise) with
+        the current settings; such methods take a ``step_noise`` source (:data:`StepNoise`)."""
+        return False
 
     def net_inputs(self, net: nn.Module, image: Tensor) -> tuple[Tensor, ...]:
         """The arguments of one network evaluation for ``image`` (B, C_in, H, W), as this
@@ -222,7 +229,11 @@ class GenerativeMethod(Method):
             image: (B, C_in, H, W).
             noise: optional (B·N, C, H, W) starting noise (e.g. one field shared by
                 overlapping sliding-window tiles); drawn from ``generator`` when None.
-            step_noise: optional noise of stochastic sampler steps (see :meth:`sample`).
+            step_noise: optional per-step noise source for methods whose
+                :meth:`stochastic_steps` is True: each call returns the next stochastic
+                step's (B·N, C, H, W) standard Gaussian noise (members in the order of
+                ``noise``); drawn from ``generator`` when None, ignored by deterministic
+                samplers.
         """
         n = int(self.n_samples)
         b, _, h, w = image.shape
@@ -232,7 +243,9 @@ class GenerativeMethod(Method):
             noise = torch.randn(shape, generator=generator, device=image.device, dtype=image.dtype)
         elif noise.shape != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        x, nfe = self.sample(net, image.repeat_interleave(n, dim=0), noise, generator, step_noise)
+        use_steps = step_noise is not None and self.stochastic_steps()
+        x, nfe = self.sample(net, image.repeat_interleave(n, dim=0), noise, generator,
+                             step_noise if use_steps else None)
         members = self.x_to_probs(x).view(b, n, c, h, w)
         return Prediction(
             probs=members.mean(dim=1),

@@ -26,15 +26,39 @@ def SelfAttention(channels: int) -> layers.AttentionBlock:  # noqa: N802 - a blo
     return layers.AttentionBlock(channels, 4 if channels % 4 == 0 else 1, norm_rule=NORM_RULE)
 
 
-class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channels of each pixel (independent of the image size)."""
+class LayerNorm2d(nn.Module):
+    """Layer normalisation of a feature map (Ba, Kiros & Hinton 2016): each sample is
+    normalised over all its units (channels × pixels), as the ``LN`` of MedSegDiff's Eq. 4,
+    with a per-channel gain and bias (a per-pixel one would tie the layer to one image
+    size). Equivalent to ``GroupNorm`` with a single group."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = nn.LayerNorm(channels)
+        self.norm = nn.GroupNorm(1, channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.norm(x)
+
+
+def _resample_matrix(src_bins: int, src_side: int, src_zero: int,
+                     tgt_bins: int, tgt_side: int, tgt_zero: int) -> Tensor:
+    """(tgt_bins, src_bins) linear interpolation over frequency for one spectrum axis.
+
+    Bin ``i`` of an axis of a ``side``-sample signal is frequency ``(i - zero) / side``
+    cycles per sample (``zero``: the zero-frequency bin). Each target bin takes the source
+    value at its own frequency (clamped to the source's range), so zero frequency maps
+    onto zero frequency exactly, whatever the two sizes.
+    """
+    freq = (torch.arange(tgt_bins, dtype=torch.float64) - tgt_zero) / tgt_side
+    pos = (freq * src_side + src_zero).clamp(0, src_bins - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=src_bins - 1)
+    frac = pos - lo.double()
+    mat = torch.zeros(tgt_bins, src_bins, dtype=torch.float64)
+    rows = torch.arange(tgt_bins)
+    mat.index_put_((rows, lo), 1 - frac, accumulate=True)
+    mat.index_put_((rows, hi), frac, accumulate=True)
+    return mat.float()
 
 
 class FFParser(nn.Module):
@@ -45,9 +69,11 @@ class FFParser(nn.Module):
     ``A = 1 + delta`` with the learnable ``delta`` starting at 0, so weight decay pulls
     the filter towards the identity rather than towards suppressing every frequency.
     The paper's ``A`` has the feature map's shape. Here it is stored at the spectrum shape
-    of a ``size`` × ``size`` feature (the training crop at this level) and resized
-    bilinearly over the frequency grid (zero frequency centred) when whole images of
-    another size are segmented; at ``size`` itself the resize is exact.
+    of a ``size`` × ``size`` feature (the training crop at this level) and, for features
+    of another size (whole images), resampled linearly **over physical frequency**: each
+    bin of the new spectrum takes the map's value at its own frequency (cycles per
+    sample), so the zero-frequency (DC) weight stays on the DC bin and a given spatial
+    frequency keeps its weight at every size. At ``size`` itself the map is used as is.
 
     Args:
         channels: feature channels.
@@ -57,17 +83,20 @@ class FFParser(nn.Module):
     def __init__(self, channels: int, size: int):
         super().__init__()
         size = max(2, int(size))
-        # (C, real/imag, rows with zero frequency centred, cols 0..size/2) as rfft2 gives.
+        # (C, real/imag, rows with zero frequency centred at size // 2, cols 0..size/2) —
+        # the rows of torch.fft.rfft2's output after fftshift, its columns as they are.
         self.delta = nn.Parameter(torch.zeros(channels, 2, size, size // 2 + 1))
 
     def attentive_map(self, h: int, w: int) -> Tensor:
         """Complex (C, h, w // 2 + 1) map ``A`` in the layout of ``torch.fft.rfft2`` output."""
         c, _, rows, cols = self.delta.shape
-        delta = self.delta
+        delta = self.delta.float()
         if (rows, cols) != (h, w // 2 + 1):
-            delta = F.interpolate(delta.reshape(1, 2 * c, rows, cols), size=(h, w // 2 + 1),
-                                  mode="bilinear", align_corners=True).reshape(c, 2, h, w // 2 + 1)
-        delta = torch.fft.ifftshift(delta.float(), dim=-2)  # centred rows → FFT order
+            size = rows  # stored for a size × size feature: cols = size // 2 + 1
+            row_mat = _resample_matrix(size, size, size // 2, h, h, h // 2).to(delta.device)
+            col_mat = _resample_matrix(cols, size, 0, w // 2 + 1, w, 0).to(delta.device)
+            delta = torch.einsum("hr,cirk,wk->cihw", row_mat, delta, col_mat)
+        delta = torch.fft.ifftshift(delta, dim=-2)  # centred rows → FFT order
         return torch.complex(1.0 + delta[:, 0], delta[:, 1])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -79,24 +108,30 @@ class FFParser(nn.Module):
 
 
 class ConditionFusion(nn.Module):
-    """Dynamic conditional encoding at one scale (Wu et al., MedSegDiff, MIDL 2023).
+    """Dynamic conditional encoding at one scale (Wu et al., MedSegDiff, MIDL 2023, Eq. 4).
 
-    The mask features ``m_x`` pass the FF-Parser; the image-condition features ``m_I`` are
-    re-weighted by their agreement with them, ``A = (LN(m_I) ⊙ LN(m_x)) ⊙ m_I``, and the
-    attended condition is added to the mask features: ``m_x ← FF(m_x) + A``. The condition
-    therefore adapts to the current noisy estimate at every sampling step.
+    The noisy-mask features ``m_x`` pass the FF-Parser and then modulate the image-condition
+    features ``m_I``: the two are layer-normalised and multiplied into an affine map, which
+    re-weights the condition features, ``A(m_I, m_x) = (LN(m_I) ⊙ LN(FF(m_x))) ⊙ m_I``.
+    The condition stream continues with ``m_I + A`` (the attentive regions enhanced, the
+    rest kept), so the condition encoder's features depend on ``x_t`` and adapt to the
+    current estimate at every sampling step. The mask features themselves pass on
+    unchanged; the FF-Parser sits on the connection between the two encoders.
     """
 
     def __init__(self, channels: int, fft_size: int):
         super().__init__()
         self.ff_parser = FFParser(channels, fft_size)
-        self.norm_mask = ChannelLayerNorm(channels)
-        self.norm_cond = ChannelLayerNorm(channels)
+        self.norm_mask = LayerNorm2d(channels)
+        self.norm_cond = LayerNorm2d(channels)
 
-    def forward(self, mask_feat: Tensor, cond_feat: Tensor) -> Tensor:
-        mask_feat = self.ff_parser(mask_feat)
-        attended = self.norm_cond(cond_feat) * self.norm_mask(mask_feat) * cond_feat
-        return mask_feat + attended
+    def forward(self, cond_feat: Tensor, mask_feat: Tensor) -> Tensor:
+        """Args: cond_feat ``m_I`` and mask_feat ``m_x``, both (B, C, H, W).
+
+        Returns: the modulated condition features ``m_I + A(m_I, m_x)``.
+        """
+        affine = self.norm_cond(cond_feat) * self.norm_mask(self.ff_parser(mask_feat))
+        return cond_feat + affine * cond_feat
 
 
 class MedSegDiff(Denoiser):
@@ -104,12 +139,15 @@ class MedSegDiff(Denoiser):
     Medical Image Segmentation with Diffusion Probabilistic Model", MIDL 2023).
 
     Two encoders run side by side: a time-conditioned one on the noisy mask ``x_t`` and a
-    condition encoder on the image. At each scale in ``dce_levels`` the image features are
-    fused into the mask features by :class:`ConditionFusion` (dynamic conditional encoding
-    with the FF-Parser); at the bottleneck both encodings are summed, passed through two
-    residual blocks around self-attention, and decoded with skip connections from the mask
-    encoder. Widths: ``base_channels · channel_mult[k]`` at level k; H and W must be
-    multiples of ``2 ** (len(channel_mult) - 1)`` (the caller pads).
+    condition encoder on the image. At each scale in ``dce_levels`` the mask features,
+    passed through the FF-Parser, modulate the **condition** features by dynamic
+    conditional encoding (:class:`ConditionFusion`, the paper's Eq. 4), so the condition
+    encoder's features from that scale on depend on ``x_t``. The two encodings are then
+    fused by summation, ``E_I + E_x`` (the paper's Eq. 3): at the bottleneck, which passes
+    two residual blocks around self-attention, and in each skip connection the decoder
+    reads, so the decoder sees the image features at every resolution. Widths:
+    ``base_channels · channel_mult[k]`` at level k; H and W must be multiples of
+    ``2 ** (len(channel_mult) - 1)`` (the caller pads).
 
     Args:
         in_channels: image channels.
@@ -117,8 +155,8 @@ class MedSegDiff(Denoiser):
         base_channels: width of the first level.
         channel_mult: width multiplier per level (its length is the depth).
         num_res_blocks: residual blocks per level in each encoder and the decoder.
-        dce_levels: levels with conditional fusion (None = all; the paper fuses in the
-            middle stages, e.g. ``[1, 2]``).
+        dce_levels: levels with dynamic conditional encoding (None = all; the paper
+            applies it in the middle two stages of its encoder, e.g. ``[1, 2]``).
         attention: self-attention at the bottleneck.
         dropout: dropout inside the residual blocks.
         fft_size: the training crop side; sets the FF-Parser map size per level.
@@ -191,9 +229,9 @@ class MedSegDiff(Denoiser):
         for k, (mask_blocks, cond_blocks) in enumerate(zip(self.mask_enc, self.cond_enc, strict=True)):
             for mb, cb in zip(mask_blocks, cond_blocks, strict=True):
                 h, c = mb(h, emb), cb(c)
-            if str(k) in self.fusion:
-                h = self.fusion[str(k)](h, c)
-            skips.append(h)
+            if str(k) in self.fusion:  # the condition adapts to the current x_t (Eq. 4)
+                c = self.fusion[str(k)](c, h)
+            skips.append(h + c)  # E_I + E_x, read by the decoder at this scale (Eq. 3)
             if k < len(self.mask_down):
                 h, c = self.mask_down[k](h), self.cond_down[k](c)
         h = self.mid2(self.mid_attn(self.mid1(h + c, emb)), emb)

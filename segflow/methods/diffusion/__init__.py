@@ -8,6 +8,7 @@ SAMPLERS, SPACINGS, DPMSolverPP2M = samplers.SAMPLERS, samplers.SPACINGS, sample
 ddim_step, ddpm_step, step_grid = samplers.ddim_step, samplers.ddpm_step, samplers.step_grid
 NoiseSchedule, make_betas = schedule.NoiseSchedule, schedule.make_betas
 target_of, x0_eps_of = schedule.target_of, schedule.x0_eps_of
+StepNoise = samplers.StepNoise
 
 __all__ = ["SAMPLERS", "SPACINGS", "DPMSolverPP2M", "Diffusion", "NoiseSchedule", "ddim_step", "ddpm_step",
-           "make_betas", "step_grid", "target_of", "x0_eps_of"]
+           "StepNoise", "make_betas", "step_grid", "target_of", "x0_eps_of"]

@@ -44,7 +44,11 @@ class Diffusion(GenerativeMethod):
     (``None`` = all T), placed by ``spacing`` (``auto``: uniform over the step index for
     DDPM/DDIM, uniform in log-SNR for DPM-Solver, as its authors recommend; see
     :func:`~segflow.methods.diffusion.samplers.step_grid`). ``clip_x0`` clamps each x0
-    prediction to [-1, 1], the mask's range.
+    prediction to [-1, 1], the mask's range. DPM-Solver++ takes its last update first
+    order below 10 steps (``lower_order_final``, Lu et al. 2022). DDPM and DDIM with
+    ``eta > 0`` add fresh noise at every step; :meth:`sample` takes that noise from a
+    ``step_noise`` source when one is given (the sliding window passes crops of one
+    whole-image field per step, so overlapping tiles agree).
 
     Args:
         timesteps: training steps T.
@@ -57,14 +61,17 @@ class Diffusion(GenerativeMethod):
         eta: DDIM stochasticity (0 = deterministic, 1 = DDPM posterior variance).
         clip_x0: clamp x0 predictions to [-1, 1] while sampling.
         n_samples: ensemble size (masks drawn per image; mean → probability, std → uncertainty).
+        lower_order_final: DPM-Solver++ only: with fewer than 10 steps, take the last
+            update first order (False: second order after the first step, always).
     """
 
     sampling_keys: ClassVar[tuple[str, ...]] = ("n_samples", "sampler", "steps", "spacing", "eta",
-                                                    "clip_x0")
+                                                    "clip_x0", "lower_order_final")
 
     def __init__(self, timesteps: int = 1000, schedule: str = "linear", prediction: str = "eps",
                  dice_weight: float = 0.0, sampler: str = "ddim", steps: int | None = 50,
-                 spacing: str = "auto", eta: float = 0.0, clip_x0: bool = True, n_samples: int = 1):
+                 spacing: str = "auto", eta: float = 0.0, clip_x0: bool = True, n_samples: int = 1,
+                 lower_order_final: bool = True):
         super().__init__(n_samples=n_samples)
         if schedule not in SCHEDULES:
             raise ValueError(f"method.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
@@ -76,6 +83,7 @@ class Diffusion(GenerativeMethod):
         self.timesteps, self.prediction, self.dice_weight = int(timesteps), prediction, dice_weight
         self.sampler, self.steps, self.spacing = sampler, steps, spacing
         self.eta, self.clip_x0 = eta, clip_x0
+        self.lower_order_final = lower_order_final
         self.validate()
 
     def validate(self) -> None:
@@ -128,25 +136,33 @@ class Diffusion(GenerativeMethod):
             eps = (x_t - alpha * x0) / sigma
         return x0, eps
 
+    def stochastic_steps(self) -> bool:
+        """Whether the reverse steps draw fresh noise (DDPM; DDIM with ``eta > 0``)."""
+        return self.sampler == "ddpm" or (self.sampler == "ddim" and float(self.eta) > 0)
+
     def sample(self, net: nn.Module, image: Tensor, noise: Tensor,
                generator: torch.Generator | None = None, step_noise: StepNoise | None = None
                ) -> tuple[Tensor, int]:
         """Run the reverse process from ``noise`` (B, C, H, W) ≈ x_{T-1}; returns (x0, NFE).
 
-        The stochastic steps (DDPM, DDIM with ``eta > 0``) draw their noise from
-        ``step_noise(i, x)`` at grid index ``i`` when given, else from ``generator``."""
+        Args:
+            generator: where the stochastic samplers' per-step noise is drawn from.
+            step_noise: instead of ``generator``, a callable returning each stochastic
+                step's standard Gaussian noise (B, C, H, W), called once per such step in
+                order (:data:`~segflow.methods.diffusion.samplers.StepNoise`).
+        """
         grid = self.grid()
-        solver = DPMSolverPP2M() if self.sampler == "dpm_solver" else None
+        solver = DPMSolverPP2M(len(grid), bool(self.lower_order_final)) \
+            if self.sampler == "dpm_solver" else None
         x = noise.float()
         for i, step in enumerate(grid):
             x0, eps = self.denoise(net, x, step, image)
             ab = self.schedule.alpha_bar(step)
             ab_next = self.schedule.alpha_bar(grid[i + 1] if i + 1 < len(grid) else None)
-            draw = None if step_noise is None else (lambda like, i=i: step_noise(i, like))
             if self.sampler == "ddpm":
-                x = ddpm_step(x, x0, ab, ab_next, generator, draw)
+                x = ddpm_step(x, x0, ab, ab_next, generator, step_noise)
             elif self.sampler == "ddim":
-                x = ddim_step(x, x0, eps, ab, ab_next, float(self.eta), generator, draw)
+                x = ddim_step(x, x0, eps, ab, ab_next, float(self.eta), generator, step_noise)
             else:
                 x = solver.step(x, x0, ab, ab_next)
         return x, len(grid)

@@ -10,11 +10,12 @@ at one grid step to the next, given the denoiser's ``(x0, eps)`` there, with
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from segflow.methods.base import StepNoise
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver")
 SPACINGS = ("uniform", "logsnr")
@@ -61,24 +62,28 @@ def step_grid(timesteps: int, steps: int | None, spacing: str = "uniform",
     return grid
 
 
-def step_noise(like: Tensor, generator: torch.Generator | None = None,
-               draw: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-    """Gaussian noise of ``like``'s shape: ``draw(like)`` when given, else from ``generator``."""
-    if draw is not None:
-        return draw(like)
-    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+def _gaussian(x_t: Tensor, generator: torch.Generator | None, step_noise: StepNoise | None
+              ) -> Tensor:
+    """The step's noise z: from ``step_noise`` when given, else drawn from ``generator``."""
+    if step_noise is None:
+        return torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+    z = step_noise()
+    if z.shape != x_t.shape:
+        raise ValueError(f"step_noise returned shape {tuple(z.shape)}, the state has "
+                         f"{tuple(x_t.shape)}")
+    return z.to(device=x_t.device, dtype=x_t.dtype)
 
 
 def ddpm_step(x_t: Tensor, x0: Tensor, ab: float, ab_next: float,
-              generator: torch.Generator | None = None,
-              draw: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+              generator: torch.Generator | None = None, step_noise: StepNoise | None = None
+              ) -> Tensor:
     """Ancestral sampling from the posterior q(x_next | x_t, x0) (Ho et al. 2020, eqs. 6-7).
 
     On a respaced grid the step's β is ``1 - ab / ab_next`` (Nichol & Dhariwal 2021), so
     the full chain and shorter chains share one formula. Posterior mean
     ``sqrt(ab_next) β / (1-ab) · x0 + sqrt(1-β) (1-ab_next) / (1-ab) · x_t`` and variance
-    ``β (1-ab_next) / (1-ab)`` (zero at the clean end). The noise is ``draw(x_t)`` when
-    given, else drawn from ``generator``.
+    ``β (1-ab_next) / (1-ab)`` (zero at the clean end, where no noise is drawn). The noise
+    comes from ``step_noise`` when given (see :data:`StepNoise`), else from ``generator``.
     """
     beta = 1.0 - ab / ab_next
     mean = (math.sqrt(ab_next) * beta / (1 - ab)) * x0 \
@@ -86,28 +91,34 @@ def ddpm_step(x_t: Tensor, x0: Tensor, ab: float, ab_next: float,
     var = beta * (1 - ab_next) / (1 - ab)
     if var <= 0:
         return mean
-    return mean + math.sqrt(var) * step_noise(x_t, generator, draw)
+    return mean + math.sqrt(var) * _gaussian(x_t, generator, step_noise)
 
 
 def ddim_step(x_t: Tensor, x0: Tensor, eps: Tensor, ab: float, ab_next: float, eta: float = 0.0,
-              generator: torch.Generator | None = None,
-              draw: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+              generator: torch.Generator | None = None, step_noise: StepNoise | None = None
+              ) -> Tensor:
     """DDIM (Song, Meng & Ermon, ICLR 2021, eq. 12).
 
     ``x_next = sqrt(ab_next) x0 + sqrt(1 - ab_next - s²) eps + s z`` with
     ``s = eta · sqrt((1-ab_next)/(1-ab)) · sqrt(1 - ab/ab_next)``: deterministic for
-    ``eta = 0``; ``eta = 1`` is the DDPM posterior (same mean and variance as :func:`ddpm_step`).
+    ``eta = 0`` (no noise drawn); ``eta = 1`` is the DDPM posterior (same mean and variance
+    as :func:`ddpm_step`). ``z`` comes from ``step_noise`` when given, else from ``generator``.
     """
     s2 = eta**2 * (1 - ab_next) / (1 - ab) * (1 - ab / ab_next)
     out = math.sqrt(ab_next) * x0 + math.sqrt(max(1 - ab_next - s2, 0.0)) * eps
     if s2 <= 0:
         return out
-    return out + math.sqrt(s2) * step_noise(x_t, generator, draw)
+    return out + math.sqrt(s2) * _gaussian(x_t, generator, step_noise)
 
 
 def log_snr_half(ab: float) -> float:
     """λ = log(alpha / sigma) = ½ log(ᾱ / (1 - ᾱ)), the DPM-Solver time variable."""
     return 0.5 * (math.log(ab) - math.log1p(-ab))
+
+
+LOWER_ORDER_FINAL_BELOW = 10
+"""DPM-Solver++(2M) takes its last update first order when it runs fewer network
+evaluations than this (see :class:`DPMSolverPP2M`)."""
 
 
 class DPMSolverPP2M:
@@ -120,19 +131,38 @@ class DPMSolverPP2M:
     current x0 prediction for the first step (first order, = DDIM) and
     ``(1 + 1/(2r)) x0 - 1/(2r) x0_prev`` with ``r = h_prev / h`` afterwards. The final
     jump to the clean end (λ = ∞) is first order: it returns the current x0 prediction.
+
+    Lower-order final steps (Lu et al.'s ``lower_order_final``): with few steps the
+    last update, into the smallest noise level where λ moves fastest, is unstable at
+    second order, so for ``steps < LOWER_ORDER_FINAL_BELOW`` (10) network evaluations the
+    update into the last grid point (the ``steps - 1``-th) is first order too. Lu et al.'s
+    reference solver does this below 15 steps; 10 here keeps the 10-step presets second
+    order throughout.
+
     Stateful across one trajectory: make a new instance per sampling run.
+
+    Args:
+        steps: network evaluations of the run (the grid's length), needed for the
+            lower-order final step; None = always second order after the first step.
+        lower_order_final: take the last update first order when ``steps`` is below
+            ``LOWER_ORDER_FINAL_BELOW``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, steps: int | None = None, lower_order_final: bool = True) -> None:
         self.prev_x0: Tensor | None = None
         self.prev_h: float | None = None
+        self.updates = 0
+        self.final_update = None
+        if lower_order_final and steps is not None and int(steps) < LOWER_ORDER_FINAL_BELOW:
+            self.final_update = int(steps) - 1  # 1-based count of the update into grid[-1]
 
     def step(self, x_t: Tensor, x0: Tensor, ab: float, ab_next: float) -> Tensor:
+        self.updates += 1
         if ab_next >= 1.0:
             return x0
         lam, lam_next = log_snr_half(ab), log_snr_half(ab_next)
         h = lam_next - lam
-        if self.prev_x0 is None or self.prev_h is None:
+        if self.prev_x0 is None or self.prev_h is None or self.updates == self.final_update:
             d = x0
         else:
             r = self.prev_h / h
