@@ -31,6 +31,18 @@ def bce_loss(logits: Tensor, mask: Tensor, valid: Tensor | None = None,
     return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def masked_bce_on_probs(probs: Tensor, mask: Tensor, valid: Tensor | None = None,
+                        eps: float = 1e-4) -> Tensor:
+    """Binary cross-entropy of probabilities (clamped to [eps, 1 − eps]) against a {0, 1}
+    mask, averaged over valid pixels (for estimates that are not logits, e.g. x̂1)."""
+    p, m = probs.float().clamp(eps, 1.0 - eps), mask.float()
+    per_pixel = -(m * p.log() + (1.0 - m) * (1.0 - p).log())  # written out: safe under autocast
+    if valid is None:
+        return per_pixel.mean()
+    weight = valid.expand_as(per_pixel)
+    return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def soft_dice_loss(probs: Tensor, mask: Tensor, valid: Tensor | None = None,
                    eps: float = 1.0) -> Tensor:
     """1 − soft Dice (Milletari et al., V-Net 2016), per sample then averaged.
