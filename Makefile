@@ -14,7 +14,7 @@ LAUNCHER ?= local
 # What a background run adds: no progress bar (the log shows one line per epoch instead).
 BG_ARGS := ++trainer.enable_progress_bar=false
 
-.PHONY: install train sweep sweep-lr logs test test-slow lint tensorboard bench report clean
+.PHONY: install train sweep sweep-lr compare logs test test-slow lint tensorboard bench report clean
 
 install:  ## create .venv and install segflow with its dev tools
 	python3 -m venv .venv
@@ -40,6 +40,10 @@ sweep:  ## the architecture sweep: MODELS=unet,csnet,medsegdiff_small,flow_small
 
 sweep-lr:  ## a learning-rate sweep: MODEL=unet LRS=1e-4,3e-4,1e-3,3e-3 DATA=... [ARGS=...]
 	$(PY) -m segflow.train -m model=$(MODEL) data=$(DATA) model.learning_rate=$(LRS) launcher=$(LAUNCHER) sweep_name=lr_$(MODEL)_$(DATA) $(ARGS)
+
+# make compare: train MODELS on DATA with one budget, grid-evaluate the generative ones, one table.
+compare:  ## fair comparison: DATA=synthetic_xca [MODELS=unet,flow_small] [ARGS="data.root=... trainer.max_epochs=20"]
+	$(PY) -m segflow.compare --data $(DATA) --models $(MODELS) $(ARGS)
 
 logs:  ## follow the newest run's log (console.log of a BG=1 run, else train.log)
 	@new=$$(ls -t $$(find $${SEGFLOW_OUTPUT_DIR:-outputs} \( -name console.log -o -name train.log \) 2>/dev/null) 2>/dev/null | head -1); \

@@ -8,10 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from segflow.methods.base import GenerativeMethod, StepNoise
-from segflow.methods.losses import masked_mean
+from segflow.methods.losses import masked_bce_on_probs, masked_mean, soft_dice_loss
 from segflow.methods.solvers import SOLVERS, solve
 
 PREDICTIONS = ("velocity", "x1")
+READOUTS = ("state", "x1")
 SIGMA_SCHEDULES = ("bridge", "constant")
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
@@ -40,10 +41,24 @@ class FlowMatching(GenerativeMethod):
     times are uniform or logit-normal (Esser et al. 2024: ``t = sigmoid(m + s·n)``,
     more weight on mid-path times).
 
+    Segmentation objective: the clean-mask estimate on the mean path (the network's own
+    output for ``prediction="x1"``; from the velocity otherwise, by inverting
+    ``x_t = (1 − a·t)·x0 + t·x1`` and ``v = x1 − a·x0`` with ``a = 1 − σ_min``)::
+
+        x̂1 = (1 − a·t)·v̂ + a·x_t          (σ_min = 0: x̂1 = x_t + (1 − t)·v̂)
+
+    gets ``bce_weight`` · BCE + ``dice_weight`` · soft Dice of ``p̂ = (x̂1 + 1) / 2``
+    against the mask inside the valid pixels, added to the flow-matching MSE — the same
+    segmentation losses the supervised nets train, so x̂1 is a calibrated probability
+    estimate at every t (at t = 0 it is the image-only posterior mean).
+
     Sampling integrates ``dx/dt = v(x, t)`` from noise at t=0 to t=1 with ``solver``
     (``euler``, ``midpoint``, ``heun`` with ``steps`` steps, or adaptive ``dopri5`` with
     ``atol``/``rtol``); :attr:`sampling_keys` may change at evaluation time
-    (:meth:`with_settings`). The NFE reported is counted.
+    (:meth:`with_settings`). The NFE reported is counted. ``readout`` picks what becomes
+    the probability: ``state``, the integrated state at t = 1, or ``x1``, the soft clean-mask
+    estimate x̂1 of the last network evaluation (identical for Euler with σ_min = 0, whose
+    last step lands on x̂1; softer for midpoint/Heun/dopri5, whose last evaluation is at t = 1).
 
     Args:
         prediction: ``velocity`` or ``x1``.
@@ -54,10 +69,13 @@ class FlowMatching(GenerativeMethod):
         logit_mean, logit_std: the logit-normal's location and scale.
         solver, steps, atol, rtol, max_nfe: the ODE sampler (eval-time settings).
         n_samples: ensemble size (eval-time setting).
+        bce_weight, dice_weight: weights of BCE and soft Dice on x̂1 (0 = the plain
+            flow-matching MSE).
+        readout: ``state`` or ``x1`` (eval-time setting, see above).
     """
 
     sampling_keys: ClassVar[tuple[str, ...]] = ("n_samples", "solver", "steps", "atol", "rtol",
-                                                "max_nfe")
+                                                "max_nfe", "readout")
     # Training times stay this far from the ends where the bridge noise's derivative
     # s'(t) ~ 1/√t is singular.
     BRIDGE_T_EPS: ClassVar[float] = 1e-3
@@ -68,8 +86,11 @@ class FlowMatching(GenerativeMethod):
                  sigma_schedule: str = "bridge", sigma_min: float = 0.0,
                  time_sampling: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0,
                  solver: str = "euler", steps: int = 10, atol: float = 1e-4, rtol: float = 1e-4,
-                 max_nfe: int = 1000, n_samples: int = 1):
+                 max_nfe: int = 1000, n_samples: int = 1, bce_weight: float = 0.0,
+                 dice_weight: float = 0.0, readout: str = "state"):
         super().__init__(n_samples=n_samples)
+        self.bce_weight, self.dice_weight = float(bce_weight), float(dice_weight)
+        self.readout = readout
         self.prediction, self.sigma, self.sigma_schedule = prediction, float(sigma), sigma_schedule
         self.sigma_min, self.time_sampling = float(sigma_min), time_sampling
         self.logit_mean, self.logit_std = float(logit_mean), float(logit_std)
@@ -82,13 +103,16 @@ class FlowMatching(GenerativeMethod):
         for name, value, allowed in (("prediction", self.prediction, PREDICTIONS),
                                      ("sigma_schedule", self.sigma_schedule, SIGMA_SCHEDULES),
                                      ("time_sampling", self.time_sampling, TIME_SAMPLINGS),
-                                     ("solver", self.solver, SOLVERS)):
+                                     ("solver", self.solver, SOLVERS),
+                                     ("readout", self.readout, READOUTS)):
             if value not in allowed:
                 raise ValueError(f"FlowMatching {name}={value!r}: choose one of {', '.join(allowed)}")
         if int(self.steps) < 1:
             raise ValueError(f"FlowMatching steps must be >= 1, got {self.steps}")
         if self.sigma < 0 or not 0 <= self.sigma_min < 1:
             raise ValueError("FlowMatching needs sigma >= 0 and 0 <= sigma_min < 1")
+        if self.bce_weight < 0 or self.dice_weight < 0:
+            raise ValueError("FlowMatching bce_weight and dice_weight must be >= 0")
         if self.logit_std <= 0 or self.atol <= 0 or self.rtol <= 0:
             raise ValueError("FlowMatching logit_std, atol and rtol must be > 0")
 
@@ -144,15 +168,43 @@ class FlowMatching(GenerativeMethod):
         out = net(x_t, t, image).float()  # loss in float32 under mixed precision
         target = self.target_velocity(x0, x1, t, eps) if self.prediction == "velocity" else x1
         mse = masked_mean((out - target).pow(2), valid)
-        return {"loss": mse, "mse": mse.detach()}
+        parts = {"mse": mse}
+        total = mse
+        if self.bce_weight or self.dice_weight:
+            probs = self.x_to_soft_probs(self.x1_estimate(out, x_t.float(), t))
+            if self.bce_weight:
+                parts["bce"] = masked_bce_on_probs(probs, mask.float(), valid)
+                total = total + self.bce_weight * parts["bce"]
+            if self.dice_weight:
+                parts["dice"] = soft_dice_loss(probs.clamp(0.0, 1.0), mask.float(), valid)
+                total = total + self.dice_weight * parts["dice"]
+        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
+
+    def x1_estimate(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Tensor:
+        """The clean-mask estimate x̂1 from the network output at (x_t, t) on the mean path:
+        the output itself for x1-prediction, ``(1 − a·t)·v̂ + a·x_t`` for velocity."""
+        if self.prediction == "x1":
+            return out
+        tb = self._bcast(t, x_t) if isinstance(t, Tensor) else t
+        a = 1 - self.sigma_min
+        return (1 - a * tb) * out + a * x_t
+
+    @staticmethod
+    def x_to_soft_probs(x: Tensor) -> Tensor:
+        """(x + 1) / 2 without clamping (the losses clamp where they need to)."""
+        return (x.float() + 1.0) / 2.0
 
     # -- sampling -------------------------------------------------------------------------
     def velocity(self, net: nn.Module, x: Tensor, t: float, image: Tensor) -> Tensor:
         """The model's velocity at state x (B, C, H, W) and time t (a float)."""
+        return self.field(net, x, t, image)[0]
+
+    def field(self, net: nn.Module, x: Tensor, t: float, image: Tensor) -> tuple[Tensor, Tensor]:
+        """(velocity, x̂1) of one network evaluation at state x and time t (a float)."""
         t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
         out = net(x, t_vec, image).float()
         if self.prediction == "velocity":
-            return out
+            return out, self.x1_estimate(out, x.float(), t)
         # v = x̂1 − a·x̂0 with x̂0 = E[x0 | x_t] = (x_t − t·x̂1) / c, c = 1 − a·t, on the
         # mean path. For c < δ the factor 1/c is replaced by c/δ² (continuous at c = δ,
         # 0 at t = 1): there x̂0 = 0, the exact E[x0 | x1] (noise is independent of the
@@ -161,20 +213,27 @@ class FlowMatching(GenerativeMethod):
         a, delta = 1 - self.sigma_min, self.X1_DELTA
         c = 1 - a * t
         x0_hat = (x - t * out) * (1 / c if c >= delta else c / delta**2)
-        return out - a * x0_hat
+        return out - a * x0_hat, out
 
     @torch.no_grad()
     def sample(self, net: nn.Module, image: Tensor, noise: Tensor,
                generator: torch.Generator | None = None, step_noise: StepNoise | None = None
                ) -> tuple[Tensor, int]:
-        """Integrate noise (t=0) → mask (t=1); returns (x (B, C, H, W), NFE). The ODE
-        solvers are deterministic: ``generator`` and ``step_noise`` are not used."""
-        x, nfe = solve(lambda x, t: self.velocity(net, x, t, image), noise.float(),
-                       solver=self.solver, steps=int(self.steps), atol=float(self.atol),
-                       rtol=float(self.rtol), max_nfe=int(self.max_nfe))
-        return x, nfe
+        """Integrate noise (t=0) → mask (t=1); returns (x (B, C, H, W), NFE): the state at
+        t = 1, or the last evaluation's x̂1 with ``readout="x1"``. The ODE solvers are
+        deterministic: ``generator`` and ``step_noise`` are not used."""
+        last: dict[str, Tensor] = {}
+
+        def velocity(x: Tensor, t: float) -> Tensor:
+            v, last["x1"] = self.field(net, x, t, image)
+            return v
+
+        x, nfe = solve(velocity, noise.float(), solver=self.solver, steps=int(self.steps),
+                       atol=float(self.atol), rtol=float(self.rtol), max_nfe=int(self.max_nfe))
+        return (last["x1"] if self.readout == "x1" else x), nfe
 
     def __repr__(self) -> str:
-        keys = ("prediction", "sigma", "sigma_schedule", "time_sampling", *self.sampling_keys)
+        keys = ("prediction", "sigma", "sigma_schedule", "time_sampling", "bce_weight",
+                "dice_weight", *self.sampling_keys)
         return f"FlowMatching({', '.join(f'{k}={getattr(self, k)!r}' for k in keys)})"
 

@@ -38,6 +38,15 @@ def bce_loss(logits: Tensor, mask: Tensor, valid: Tensor | None = None,
     return masked_mean(per_pixel, valid)
 
 
+def masked_bce_on_probs(probs: Tensor, mask: Tensor, valid: Tensor | None = None,
+                        eps: float = 1e-4) -> Tensor:
+    """Binary cross-entropy of probabilities (clamped to [eps, 1 − eps]) against a {0, 1}
+    mask, averaged over valid pixels (for estimates that are not logits, e.g. x̂1)."""
+    p, m = probs.float().clamp(eps, 1.0 - eps), mask.float()
+    # written out: safe under autocast (F.binary_cross_entropy is not)
+    return masked_mean(-(m * p.log() + (1.0 - m) * (1.0 - p).log()), valid)
+
+
 def soft_dice_loss(probs: Tensor, mask: Tensor, valid: Tensor | None = None,
                    eps: float = 1.0) -> Tensor:
     """1 − soft Dice (Milletari et al., V-Net 2016), per sample then averaged.

@@ -30,7 +30,10 @@ def member_topology(samples: np.ndarray, truth: np.ndarray | None = None) -> dic
 class EnsembleTopologySpread(Metric):
     """Topology-aware uncertainty: per image, the standard deviation (population, over
     the N ensemble members, each thresholded) of β0, β1 and of clDice against the label;
-    then the **mean over images**. 0 when every member has the same topology.
+    then the **mean over images**. 0 when every member has the same topology. Also
+    ``mean_uncertainty``: the per-pixel standard deviation of the members' probabilities,
+    averaged over the valid pixels (the mean of the uncertainty map) — per image, the
+    number to rank images by expected error.
 
     Only images predicted by an ensemble of N ≥ 2 count; with none, :meth:`compute`
     returns an empty dict. Outside ``valid`` members and label are background.
@@ -46,7 +49,7 @@ class EnsembleTopologySpread(Metric):
     def __init__(self, threshold: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         self.threshold = threshold
-        for name in ("betti0_std", "betti1_std", "cldice_std", "n_images"):
+        for name in ("betti0_std", "betti1_std", "cldice_std", "mean_uncertainty", "n_images"):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.last_per_image: dict[str, list[float]] = {}
 
@@ -57,12 +60,19 @@ class EnsembleTopologySpread(Metric):
         self.last_per_image = {}
         if samples.shape[1] < 2:
             return
+        std_map = samples.detach()[:, :, 0].float().std(dim=1, unbiased=False)  # (B, H, W)
         members = samples.detach()[:, :, 0] > self.threshold
         truth = mask.detach()[:, 0] > 0.5
         if valid is not None:
             inside = valid.detach()[:, 0] > 0.5
             members, truth = members & inside[:, None], truth & inside
-        rows: dict[str, list[float]] = {"betti0_std": [], "betti1_std": [], "cldice_std": []}
+            weight = inside.float()
+        else:
+            weight = torch.ones_like(std_map)
+        mean_uncertainty = ((std_map * weight).flatten(1).sum(1)
+                     / weight.flatten(1).sum(1).clamp_min(1.0)).double().cpu()
+        rows: dict[str, list[float]] = {"betti0_std": [], "betti1_std": [], "cldice_std": [],
+                                        "mean_uncertainty": [float(v) for v in mean_uncertainty]}
         for m, t in zip(members.cpu().numpy(), truth.cpu().numpy(), strict=True):
             topo = member_topology(m, t)
             for key in ("betti0", "betti1", "cldice"):
@@ -70,6 +80,7 @@ class EnsembleTopologySpread(Metric):
         self.betti0_std += sum(rows["betti0_std"])
         self.betti1_std += sum(rows["betti1_std"])
         self.cldice_std += sum(rows["cldice_std"])
+        self.mean_uncertainty += float(mean_uncertainty.sum())
         self.n_images += len(members)
         self.last_per_image = rows
 
@@ -77,4 +88,4 @@ class EnsembleTopologySpread(Metric):
         if self.n_images == 0:
             return {}
         return {k: (getattr(self, k) / self.n_images).float()
-                for k in ("betti0_std", "betti1_std", "cldice_std")}
+                for k in ("betti0_std", "betti1_std", "cldice_std", "mean_uncertainty")}

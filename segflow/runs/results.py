@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # torch is not needed to write tables (segflow.report stays l
 TABLE_METRICS = ("dice", "dice_per_image", "iou", "cldice", "cldice_per_image", "betti0_error",
                  "betti1_error", "hd95", "auc", "ece", "sensitivity", "specificity",
                  "precision", "accuracy", "nfe", "nfe_per_image", "seconds_per_image",
-                 "betti0_std", "betti1_std", "cldice_std")
+                 "betti0_std", "betti1_std", "cldice_std", "mean_uncertainty")
 
 
 def to_uint8(x: Tensor | np.ndarray, scale: float = 1.0) -> np.ndarray:
