@@ -84,5 +84,23 @@ def load_module(path: str | Path, which: str = "best", overrides: dict[str, Any]
     return module, cfg
 
 
+def debug_sampling(method: Any, cfg: DictConfig, logger: logging.Logger = log) -> Any:
+    """The method with its sampling settings capped by ``cfg.debug.sampling`` (set by
+    ``trainer=debug``; absent otherwise: the method is returned unchanged), and one log
+    line saying what was capped."""
+    caps = OmegaConf.select(cfg, "debug.sampling", default=None)
+    if not caps:
+        return method
+    try:
+        new, lowered = method.capped(**OmegaConf.to_container(caps, resolve=True))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"debug.sampling={OmegaConf.to_container(caps)}: {exc}") from None
+    if lowered:
+        logger.info("trainer=debug: sampling capped to %s (was %s); debug.sampling=null keeps "
+                    "the model's own", ", ".join(f"{k}={v}" for k, (_, v) in lowered.items()),
+                    ", ".join(f"{k}={old}" for k, (old, _) in lowered.items()))
+    return new
+
+
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)

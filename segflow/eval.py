@@ -34,7 +34,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segflow.callbacks.prediction_writer import TestPredictionWriter
-from segflow.config import checkpoint_path, load_checkpoint, load_module
+from segflow.config import checkpoint_path, debug_sampling, load_checkpoint, load_module
 from segflow.errors import ConfigError, exit_on_user_error
 from segflow.outputs import (
     TABLE_METRICS,
@@ -199,7 +199,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     if in_ch is not None and in_ch != datamodule.channels:
         raise ConfigError(f"the model takes {in_ch}-channel images but data.channels="
                           f"{datamodule.channels}; set data.channels={in_ch}")
-    base = module.method
+    base = debug_sampling(module.method, cfg, log)  # trainer=debug only; grid.* as given
     combos = grid_combinations(cfg.get("grid") or {}, tuple(base.sampling_keys))
     root = eval_root(cfg.get("output_dir"), cfg.run_dir)
     writer = TestPredictionWriter(max_images=cfg.max_images)

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
-from segflow.config import build_many
+from segflow.config import build_many, debug_sampling
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError, exit_on_user_error
 from segflow.resume import fingerprint, resolve_resume
@@ -121,6 +121,7 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     module = instantiate(cfg.model)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module.method = debug_sampling(module.method, cfg, log)  # trainer=debug only
     interrupt = InterruptCheckpoint()
     callbacks = [*build_many(cfg.get("callbacks")), ExactResume(), interrupt]
     loggers = build_many(cfg.get("logger"))
