@@ -94,7 +94,9 @@ def debug_sampling(method: Any, cfg: DictConfig, logger: logging.Logger = log) -
     try:
         new, lowered = method.capped(**OmegaConf.to_container(caps, resolve=True))
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"debug.sampling={OmegaConf.to_container(caps)}: {exc}") from None
+        raise ConfigError(f"debug.sampling={OmegaConf.to_container(caps)} ({exc}): give numbers, "
+                          f"the upper bounds of the sampling settings, e.g. "
+                          f"debug.sampling.steps=2") from None
     if lowered:
         logger.info("trainer=debug: sampling capped to %s (was %s); debug.sampling=null keeps "
                     "the model's own", ", ".join(f"{k}={v}" for k, (_, v) in lowered.items()),
