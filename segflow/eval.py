@@ -35,7 +35,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segflow.callbacks.prediction_writer import TestPredictionWriter
 from segflow.errors import ConfigError, exit_on_user_error
-from segflow.runs.checkpoints import load_for_eval, open_key_overrides, run_folder
+from segflow.runs.checkpoints import (
+    debug_sampling,
+    load_for_eval,
+    open_key_overrides,
+    run_folder,
+)
 from segflow.runs.logs import route_lightning_logs_to_file
 from segflow.runs.results import (
     TABLE_METRICS,
@@ -148,7 +153,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     if in_ch is not None and in_ch != datamodule.channels:
         raise ConfigError(f"the model takes {in_ch}-channel images but data.channels="
                           f"{datamodule.channels}; set data.channels={in_ch}")
-    base = module.method
+    base = debug_sampling(module.method, cfg, log)  # trainer=debug only; grid.* as given
     combos = grid_combinations(cfg.get("grid") or {}, tuple(base.sampling_keys))
     root = eval_root(cfg.get("output_dir"), cfg.run_dir)
     writer = TestPredictionWriter(max_images=cfg.max_images)

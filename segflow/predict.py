@@ -27,11 +27,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
+from segflow.data.datasets import center_crop
 from segflow.data.io import IMAGE_EXTS, list_images, read_image
-from segflow.errors import DataError, exit_on_user_error
+from segflow.errors import ConfigError, DataError, exit_on_user_error
 from segflow.inference import resolve_device
 from segflow.metrics import betti_numbers, member_topology
-from segflow.runs.checkpoints import load_for_eval, open_key_overrides, run_folder
+from segflow.runs.checkpoints import (
+    debug_sampling,
+    load_for_eval,
+    open_key_overrides,
+    run_folder,
+)
 from segflow.runs.results import save_prediction_pngs, write_csv
 
 log = logging.getLogger("segflow.predict")
@@ -48,6 +54,19 @@ OmegaConf.register_new_resolver(
     "segflow_predict_dir", lambda out, run, inp: str(output_folder(out, run, inp)), replace=True)
 
 
+def limit_images(images: dict[str, Path], limit: int | float | None) -> dict[str, Path]:
+    """The first images by name, as Lightning reads ``trainer.limit_predict_batches`` (one
+    image per batch): an int is a count, a float in [0, 1] a fraction; None keeps all."""
+    if limit is None:
+        return images
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or limit < 0 or (
+            isinstance(limit, float) and limit > 1):
+        raise ConfigError(f"trainer.limit_predict_batches={limit!r}: give an image count "
+                          f"(int >= 0) or a fraction in [0.0, 1.0]")
+    n = limit if isinstance(limit, int) else int(len(images) * limit)
+    return dict(list(images.items())[:n])
+
+
 @torch.no_grad()
 def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
     """Segment every image of ``cfg.input_dir``; returns the rows of ``predictions.csv``."""
@@ -57,8 +76,10 @@ def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
     images = list_images(input_dir)
     if not images:
         raise DataError(f"no images in {input_dir} (looked for {', '.join(IMAGE_EXTS)})")
+    images = limit_images(images, OmegaConf.select(cfg, "trainer.limit_predict_batches"))
     out = output_folder(cfg.get("output_dir"), cfg.run_dir, cfg.input_dir)
     module, stored, meta = load_for_eval(cfg)
+    module.method = debug_sampling(module.method, cfg, log)  # trainer=debug only
     device = resolve_device(str(cfg.device))
     module.to(device)
     data = stored.data
@@ -66,6 +87,7 @@ def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
     gray_from = str(data.get("gray_from", "luma"))
     mean, std = float(data.get("mean", 0.5)), float(data.get("std", 0.5))
     threshold = float(module.hparams.threshold)
+    crop = OmegaConf.select(cfg, "data.eval_crop")  # trainer=debug: the central square only
     torch.manual_seed(int(cfg.seed))
     log.info("%s (%s) on %d images from %s -> %s, settings %s", stored.model.get("name"),
              meta["checkpoint"], len(images), input_dir, out, module.method.sampling_settings())
@@ -74,6 +96,7 @@ def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
     for stem, path in track(list(images.items()), description="predicting"):
         try:
             image = read_image(path, channels, gray_from)
+            image = center_crop(image, int(crop)) if crop else image
         except (DataError, ValueError) as exc:  # one unreadable file must not lose the rest
             log.error("skipped %s", exc)
             skipped.append(path.name)

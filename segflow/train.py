@@ -36,6 +36,7 @@ from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError, exit_on_user_error
 from segflow.runs.auto_resume import fingerprint, resolve_resume
+from segflow.runs.checkpoints import debug_sampling
 from segflow.runs.logs import build_many, route_lightning_logs_to_file
 
 log = logging.getLogger("segflow.train")
@@ -136,6 +137,7 @@ def build_run(cfg: DictConfig, run_dir: Path
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     module = instantiate(cfg.model)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    module.method = debug_sampling(module.method, cfg, log)  # trainer=debug only
     interrupt = InterruptCheckpoint()
     callbacks = [*build_many(cfg.get("callbacks")), ExactResume(), interrupt]
     loggers = build_many(cfg.get("logger"))

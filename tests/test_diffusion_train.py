@@ -20,7 +20,8 @@ from conftest import assert_learned
 # A 2-level MedSegDiff with T = 50 so that even full DDPM is 50 network calls.
 SMALL = ["model=medsegdiff", "model.net.channel_mult=[1,2]", "model.net.attention=false",
          "model.method.timesteps=50",
-         "model.method.sampler=ddim", "model.method.steps=2", "model.method.n_samples=2"]
+         "model.method.sampler=ddim", "model.method.steps=2", "model.method.n_samples=2",
+         "debug.sampling.n_samples=2"]  # trainer=debug caps the ensemble at 1; 2 for the uncertainty
 SETTINGS = [("ddpm", None, 50), ("ddim", 10, 10), ("ddim", 50, 50), ("dpm_solver", 10, 10),
             ("dpm_solver", 20, 20)]
 

@@ -11,9 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import CONF, assert_learned, run_dirs
 
-# On top of the fixture's trainer=debug (CPU, 2 batches per epoch); as `trainer=ddp
+# On top of the fixture's trainer=debug (2 batches per epoch); as `trainer=ddp
 # trainer.accelerator=cpu trainer.devices=2` would give, with debug's short epochs.
-DDP = ["trainer.strategy=ddp", "trainer.devices=2"]
+DDP = ["trainer.strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 PROBE = "+callbacks.probe._target_=tests.probes.RankLossProbe"
 
 
@@ -82,7 +82,7 @@ def test_ddp_multirun_each_job_in_its_own_folder(train, workdir):
 
 @pytest.mark.slow  # 5 interpreter start-ups (spawned ranks for fit and for test): ~40 s CPU
 def test_ddp_spawn_two_processes(train, workdir):
-    _, run = train("trainer.strategy=ddp_spawn", "trainer.devices=2")
+    _, run = train("trainer.strategy=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2")
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["global_step"] == 2 and summary["effective_batch_size"] == 8
     assert_learned(summary["test"])  # test results come back from the spawned ranks

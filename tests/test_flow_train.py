@@ -27,6 +27,7 @@ FLOW_TINY = [t for t in TINY if not t.startswith("model.net.")] + [
     "model.net.channel_mult=[1,2]", "model.net.num_blocks=1", "model.net.attn_resolutions=[16]",
     "model.net.image_size=32", "model.net.num_head_channels=8", "model.method.steps=2",
     "model.method.n_samples=2", "model.ema_decay=0.9", "model.log_image_names=[0006.png]",
+    "debug.sampling.n_samples=2",  # trainer=debug caps the ensemble at 1; 2 for the uncertainty
 ]
 
 

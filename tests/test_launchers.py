@@ -35,8 +35,8 @@ def test_joblib_runs_two_jobs_in_parallel(train, workdir):
 
 def test_submitit_local_runs_a_ddp_job(train, workdir):
     # Lightning would re-run submitit's own __main__ for rank 1; segflow hands it the job.
-    train("-m", "launcher=submitit_local", "trainer.strategy=ddp", "trainer.devices=2",
-          "sweep_name=sub")
+    train("-m", "launcher=submitit_local", "trainer.strategy=ddp", "trainer.accelerator=cpu",
+          "trainer.devices=2", "sweep_name=sub")
     (job,) = run_dirs(workdir, "multirun")
     summary = json.loads((job / "metrics.json").read_text())
     assert summary["effective_batch_size"] == 8

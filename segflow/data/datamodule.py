@@ -122,6 +122,8 @@ class SegDataModule(pl.LightningDataModule):
         seed: the training stream's seed (shuffle and augmentation, see
             :class:`EpochSampler`); ``segflow.train`` passes the run's ``seed``. None: the
             torch seed when the loader is built (``seed_everything`` sets it).
+        eval_crop: validate and test on the central ``eval_crop`` px square of each image
+            only (``trainer=debug`` sets it); None = whole images.
     """
 
     def __init__(self, name: str = "folder", root: str | None = None, train_dir: str | None = None,
@@ -133,7 +135,8 @@ class SegDataModule(pl.LightningDataModule):
                  augment: dict[str, Any] | None = None, mean: float = 0.5, std: float = 0.5,
                  intensity: dict[str, Any] | None = None, inference: dict[str, Any] | None = None,
                  val_fraction: float = 0.1, split_seed: int = 0,
-                 synthetic: dict[str, Any] | None = None, seed: int | None = None):
+                 synthetic: dict[str, Any] | None = None, seed: int | None = None,
+                 eval_crop: int | None = None):
         super().__init__()
         if root is None and train_dir is None:
             raise DataError("no data location: set data.root (a folder with train/ val/ test/) "
@@ -161,6 +164,7 @@ class SegDataModule(pl.LightningDataModule):
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.synthetic = dict(synthetic) if synthetic else None
         self.seed = seed
+        self.eval_crop = int(eval_crop) if eval_crop else None
         self._splits: dict[str, list[Sample]] = {}
         build_train_transform(image_size, self.augment)  # fail on bad augment keys now, not in setup
 
@@ -245,7 +249,7 @@ class SegDataModule(pl.LightningDataModule):
         return self._loader(dataset, self.train_bs, sampler, False, collate_crops)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        dataset = WholeImageDataset(self._load(split), self.mean, self.std)
+        dataset = WholeImageDataset(self._load(split), self.mean, self.std, self.eval_crop)
         rank, world = self._dist()
         sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None
         return self._loader(dataset, self.val_bs, sampler, False)

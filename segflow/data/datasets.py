@@ -100,6 +100,14 @@ def load_split(split_dir: str | Path, image_dir: str = "image", label_dir: str =
     return samples
 
 
+def center_crop(array: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` x ``size`` window of an (H, W, ...) array (whole sides that are
+    already at most ``size``)."""
+    h, w = array.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return array[top: top + size, left: left + size]
+
+
 def _to_tensors(image: np.ndarray, mask: np.ndarray | None, valid: np.ndarray,
                 mean: float, std: float) -> dict[str, torch.Tensor]:
     out = {
@@ -169,13 +177,17 @@ def collate_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
 class WholeImageDataset(Dataset):
     """Validation / test / prediction samples: whole images at native size.
 
+    ``crop``: evaluate the central ``crop`` x ``crop`` window of each image only (quick
+    smoke checks; None = whole images).
+
     Item: ``image`` (C, H, W) normalised, ``mask`` (1, H, W) when labelled, ``valid``
     (1, H, W) FOV (ones when none), ``name``, ``index``. The network-multiple padding and
     sliding window are applied by the model, which knows its multiple.
     """
 
-    def __init__(self, samples: list[Sample], mean: float = 0.5, std: float = 0.5):
-        self.samples, self.mean, self.std = samples, mean, std
+    def __init__(self, samples: list[Sample], mean: float = 0.5, std: float = 0.5,
+                 crop: int | None = None):
+        self.samples, self.mean, self.std, self.crop = samples, mean, std, crop
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -183,7 +195,11 @@ class WholeImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.samples[index]
         valid = s.fov if s.fov is not None else np.ones(s.image.shape[:2], np.uint8)
-        out: dict[str, Any] = _to_tensors(s.image, s.mask, valid, self.mean, self.std)
+        image, mask = s.image, s.mask
+        if self.crop:  # the central crop x crop (smoke checks: trainer=debug)
+            image, mask, valid = (None if a is None else center_crop(a, self.crop)
+                                  for a in (image, mask, valid))
+        out: dict[str, Any] = _to_tensors(image, mask, valid, self.mean, self.std)
         out["name"] = s.name
         out["index"] = index
         return out

@@ -152,6 +152,26 @@ class Method(nn.Module, ABC):
         new.validate()
         return new
 
+    def capped(self, **caps: Any) -> tuple[Method, dict[str, tuple[Any, Any]]]:
+        """A copy with numeric sampling settings at most ``caps`` (e.g. ``steps=2,
+        n_samples=1`` for a smoke check), through :meth:`with_settings`.
+
+        Caps naming settings this method does not have are ignored (one config caps every
+        family); a setting of ``None`` (e.g. diffusion's full chain) counts as unbounded.
+
+        Returns:
+            (method, {setting: (old value, new value)} for each setting lowered).
+        """
+        lowered = {}
+        for key, cap in caps.items():
+            if key not in self.sampling_keys or cap is None:
+                continue
+            value = getattr(self, key)
+            if value is None or float(value) > float(cap):
+                lowered[key] = (value, cap)
+        new = self.with_settings(**{k: v for k, (_, v) in lowered.items()}) if lowered else self
+        return new, lowered
+
     def validate(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Check the settings; raise ``ValueError`` naming the bad one. Override as needed."""
 

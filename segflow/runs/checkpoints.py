@@ -124,3 +124,23 @@ def load_for_eval(cfg: DictConfig) -> tuple[Any, DictConfig, dict[str, Any]]:
     meta = {"checkpoint": str(ckpt_file), "epoch": ckpt.get("epoch"),
             "global_step": ckpt.get("global_step"), "best_val_score": best_val_score(ckpt)}
     return module, stored, meta
+
+
+def debug_sampling(method: Any, cfg: DictConfig, logger: logging.Logger = log) -> Any:
+    """The method with its sampling settings capped by ``cfg.debug.sampling`` (set by
+    ``trainer=debug``; absent otherwise: the method is returned unchanged), and one log
+    line saying what was capped."""
+    caps = OmegaConf.select(cfg, "debug.sampling", default=None)
+    if not caps:
+        return method
+    try:
+        new, lowered = method.capped(**OmegaConf.to_container(caps, resolve=True))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"debug.sampling={OmegaConf.to_container(caps)} ({exc}): give numbers, "
+                          f"the upper bounds of the sampling settings, e.g. "
+                          f"debug.sampling.steps=2") from None
+    if lowered:
+        logger.info("trainer=debug: sampling capped to %s (was %s); debug.sampling=null keeps "
+                    "the model's own", ", ".join(f"{k}={v}" for k, (_, v) in lowered.items()),
+                    ", ".join(f"{k}={old}" for k, (old, _) in lowered.items()))
+    return new
