@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from segflow.atomic import torch_load_checked
 from segflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a segflow checkpoint (on CPU)."""
     # weights_only=False: Lightning checkpoints hold optimizer/loop state objects; these are
     # files this project wrote, not untrusted downloads.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch_load_checked(path, lambda: torch.load(path, map_location="cpu", weights_only=False))
 
 
 def load_module(path: str | Path, which: str = "best", overrides: dict[str, Any] | None = None):

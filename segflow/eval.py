@@ -33,6 +33,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from segflow.atomic import write_text as atomic_write_text
 from segflow.callbacks.prediction_writer import TestPredictionWriter
 from segflow.config import checkpoint_path, load_checkpoint, load_module
 from segflow.errors import ConfigError, exit_on_user_error
@@ -248,7 +249,7 @@ def write_grid(folder: Path, rows: list[dict[str, Any]], keys: list[str]) -> Non
     most values (usually the number of steps; see :func:`segflow.outputs.line_groups`)."""
     columns = [*keys, *[k for k in TABLE_METRICS if any(k in r for r in rows)]]
     write_csv(folder / "grid.csv", rows, columns_of(rows, columns))
-    (folder / "grid.md").write_text(markdown_table(rows, columns))
+    atomic_write_text(folder / "grid.md", markdown_table(rows, columns))
     plot_lines(folder / "dice_vs_nfe.png", rows, "nfe_per_image",
                ["dice", "cldice", "seconds_per_image"], group_by=line_groups(rows, keys), log_x=True,
                title="quality vs sampling cost (NFE per image = NFE per member x ensemble size)")

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from segflow.atomic import atomic_open
+from segflow.atomic import write_json as atomic_write_json
+
 if TYPE_CHECKING:  # torch is not needed to write tables (segflow.report stays light)
     from torch import Tensor
 
@@ -82,8 +85,7 @@ def columns_of(rows: Sequence[dict[str, Any]], first: Sequence[str] = ()) -> lis
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Path:
     """Rows of dicts → CSV (missing cells empty)."""
     columns = list(columns or columns_of(rows))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -114,9 +116,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))
-    return path
+    return atomic_write_json(path, data)
 
 
 def line_groups(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:

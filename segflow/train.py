@@ -12,7 +12,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -32,11 +31,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from segflow.atomic import AtomicCheckpointIO, write_json
 from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
 from segflow.config import build_many
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError, exit_on_user_error
 from segflow.resume import fingerprint, resolve_resume
+from segflow.rundirs import check_name  # also registers the run-folder resolvers (conf/hydra)
 
 log = logging.getLogger("segflow.train")
 
@@ -83,6 +84,8 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
         raise ConfigError(f"trainer=fsdp needs CUDA GPUs: Lightning runs FSDP on CUDA only "
                           f"(got trainer.accelerator={accelerator}); on CPU use trainer=ddp "
                           f"trainer.accelerator=cpu")
+    if not any(hasattr(p, "save_checkpoint") for p in (t.get("plugins") or [])):
+        kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
     try:
         return instantiate(t, **kwargs)
     except InstantiationException as exc:
@@ -180,7 +183,7 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
         if hasattr(lg, "close"):
             lg.close()
     if trainer.global_rank == 0:
-        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        write_json(run_dir / "metrics.json", summary)
         if "test" in summary:
             log.info("test: %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
         log.info("metrics written to %s", run_dir / "metrics.json")
