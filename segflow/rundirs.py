@@ -19,6 +19,7 @@ Hydra/OmegaConf only (no torch).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import sys
@@ -102,9 +103,26 @@ def exit_in_resolver(fn):
     return wrapper
 
 
+def _is_secondary_rank() -> bool:
+    """A DDP rank other than 0 started by Lightning (it re-runs the command line)."""
+    return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "NODE_RANK"))
+
+
+def shared_claims(kind: str, paths: list[Path]) -> list[Path]:
+    """:func:`claim_dir` for each of ``paths`` on rank 0; the folders chosen are put into the
+    environment, where the DDP ranks Lightning starts later (same command line) find them
+    instead of claiming folders of their own."""
+    key = f"SEGFLOW_CLAIMED_{kind.upper()}"
+    if _is_secondary_rank() and key in os.environ:
+        return [Path(p) for p in json.loads(os.environ[key])]
+    claimed = [claim_dir(p) for p in paths]
+    os.environ[key] = json.dumps([str(p) for p in claimed])
+    return claimed
+
+
 @exit_in_resolver
 def _unique(path: str) -> str:
-    return str(claim_dir(path))
+    return str(shared_claims("run_dir", [Path(path)])[0])
 
 
 @exit_in_resolver
