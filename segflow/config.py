@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segflow.atomic import torch_load_checked
-from segflow.errors import ConfigError
+from segflow.errors import ConfigError, find_user_error
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,24 @@ def load_module(path: str | Path, which: str = "best", overrides: dict[str, Any]
     cfg = OmegaConf.create(ckpt["segflow_config"])
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg.model, key, value, merge=True)
-    module = instantiate(cfg.model)
-    module.load_state_dict(ckpt["state_dict"])
+    given = ", ".join(f"model.{k}={v}" for k, v in (overrides or {}).items()) or "none"
+    try:
+        module = instantiate(cfg.model)
+    except Exception as exc:  # noqa: BLE001 - a bad override deep inside a network/method
+        if find_user_error(exc) is not None:
+            raise
+        cause = exc.__cause__ or exc
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ConfigError(f"the model of {ckpt_file} cannot be built with the overrides "
+                          f"({given}): {first[:200]}; drop or fix them") from None
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else ""
+        raise ConfigError(f"the weights in {ckpt_file} do not fit the model built with the "
+                          f"overrides ({given}): {detail[:200]}; model.net.* must match the "
+                          f"trained network, drop those overrides") from None
     module.run_config = ckpt["segflow_config"]
     module.eval()
     log.info("loaded %s (epoch %s, step %s)", ckpt_file, ckpt.get("epoch"), ckpt.get("global_step"))

@@ -39,6 +39,7 @@ from segflow.callbacks.prediction_writer import TestPredictionWriter
 from segflow.config import checkpoint_path, load_checkpoint, load_module
 from segflow.errors import ConfigError, exit_on_user_error
 from segflow.rundirs import exit_in_resolver, shared_claims
+from segflow.validate import validate_eval
 from segflow.outputs import (
     TABLE_METRICS,
     columns_of,
@@ -213,6 +214,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     from segflow.train import _route_lightning_logs_to_file
 
     _route_lightning_logs_to_file()
+    validate_eval(cfg)
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, got {cfg.split!r}")
     module, stored, meta = load_for_eval(cfg)

@@ -35,6 +35,7 @@ from segflow.eval import load_for_eval, open_key_overrides, run_folder
 from segflow.metrics import betti_numbers, member_topology
 from segflow.outputs import save_prediction_pngs, write_csv
 from segflow.rundirs import exit_in_resolver, is_inside, shared_claims
+from segflow.validate import validate_eval
 
 log = logging.getLogger("segflow.predict")
 
@@ -105,6 +106,7 @@ def predict_folder(cfg: DictConfig, out: Path | None = None) -> list[dict[str, A
     Raises:
         DataError: no image could be read (nothing is written then).
     """
+    validate_eval(cfg)
     input_dir = Path(cfg.input_dir)
     if not input_dir.is_dir():
         raise DataError(f"input_dir={input_dir} is not a folder; point it at a folder of images")

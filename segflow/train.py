@@ -38,6 +38,7 @@ from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError, exit_on_user_error
 from segflow.resume import fingerprint, resolve_resume
 from segflow.rundirs import check_name  # also registers the run-folder resolvers (conf/hydra)
+from segflow.validate import validate_train
 
 log = logging.getLogger("segflow.train")
 
@@ -112,6 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    validate_train(cfg)
     pl.seed_everything(cfg.seed, workers=True)
 
     # Every rank resumes the file rank 0 chose (children get it as ckpt_path).
