@@ -77,7 +77,8 @@ def load_module(path: str | Path, which: str = "best", overrides: dict[str, Any]
     cfg = OmegaConf.create(ckpt["segflow_config"])
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg.model, key, value, merge=True)
-    given = ", ".join(f"model.{k}={v}" for k, v in (overrides or {}).items()) or "none"
+    flat = OmegaConf.to_container(OmegaConf.create(overrides or {}))
+    given = ", ".join(f"model.{k}={v}" for k, v in _flatten(flat).items()) or "none"
     try:
         module = instantiate(cfg.model)
     except Exception as exc:  # noqa: BLE001 - a bad override deep inside a network/method
@@ -99,6 +100,16 @@ def load_module(path: str | Path, which: str = "best", overrides: dict[str, Any]
     module.eval()
     log.info("loaded %s (epoch %s, step %s)", ckpt_file, ckpt.get("epoch"), ckpt.get("global_step"))
     return module, cfg
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"net": {"base_channels": 8}}`` → ``{"net.base_channels": 8}``."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -207,10 +207,10 @@ def prepare(kind: str, source: str | Path, dest: str | Path, force: bool = False
     """
     source, dest = Path(source), Path(dest)
     opts = adapter_options(kind, options)
-    found = find_pairs(kind, source, **opts)
-    fingerprint = _fingerprint(kind, opts, found)
     state = inspect_dest(dest)  # only what segflow wrote may be replaced
     check_dest(state, dest, kind, force)
+    found = find_pairs(kind, source, **opts)
+    fingerprint = _fingerprint(kind, opts, found)
     old = state.manifest
     if (not force and old is not None and old.get("format") == FORMAT
             and old.get("fingerprint") == fingerprint and not state.missing):
