@@ -451,7 +451,7 @@ def test_two_runs_started_in_the_same_second_get_two_folders(workdir):
            "SEGFLOW_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(CONF.parent),
            "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
     # the same timestamp for both, as when two processes start in the same second
-    stamp = "hydra.run.dir=${segflow_unique:${paths.output_root}/runs/same/2026-01-01_00-00-00}"
+    stamp = "hydra.run.dir='${segflow_unique:${paths.output_root}/runs/same/2026-01-01_00-00-00}'"
     procs = [subprocess.Popen([sys.executable, "-m", "segflow.train", *args, stamp], cwd=workdir,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
