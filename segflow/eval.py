@@ -38,8 +38,6 @@ from segflow.atomic import write_text as atomic_write_text
 from segflow.callbacks.prediction_writer import TestPredictionWriter
 from segflow.config import checkpoint_path, load_checkpoint, load_module
 from segflow.errors import ConfigError, exit_on_user_error
-from segflow.rundirs import exit_in_resolver, shared_claims
-from segflow.validate import validate_eval
 from segflow.outputs import (
     TABLE_METRICS,
     columns_of,
@@ -49,6 +47,8 @@ from segflow.outputs import (
     write_csv,
     write_json,
 )
+from segflow.rundirs import exit_in_resolver, shared_claims
+from segflow.validate import validate_eval
 
 log = logging.getLogger("segflow.eval")
 

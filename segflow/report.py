@@ -33,7 +33,6 @@ import yaml
 
 from segflow.atomic import write_text
 from segflow.errors import SegflowError
-from segflow.rundirs import claim_dir
 from segflow.outputs import (
     TABLE_METRICS,
     line_groups,
@@ -42,6 +41,7 @@ from segflow.outputs import (
     plot_lines,
     write_csv,
 )
+from segflow.rundirs import claim_dir
 
 #: Metrics shown in the Markdown tables and plots (the CSVs hold every metric).
 SHOWN = ("dice", "dice_per_image", "cldice", "betti0_error", "betti1_error", "hd95", "auc",

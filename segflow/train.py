@@ -37,7 +37,6 @@ from segflow.config import build_many
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError, exit_on_user_error
 from segflow.resume import fingerprint, resolve_resume
-from segflow.rundirs import check_name  # also registers the run-folder resolvers (conf/hydra)
 from segflow.validate import validate_train
 
 log = logging.getLogger("segflow.train")
