@@ -92,7 +92,7 @@ def load_module(path: str | Path, which: str = "best", overrides: dict[str, Any]
         module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0] if lines else ""
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "").rstrip(".")
         raise ConfigError(f"the weights in {ckpt_file} do not fit the model built with the "
                           f"overrides ({given}): {detail[:200]}; model.net.* must match the "
                           f"trained network, drop those overrides") from None

@@ -89,7 +89,10 @@ def pick_device(name: str) -> torch.device:
     """``auto`` → the first CUDA device when there is one, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name} is not a device; use auto, cpu, cuda or cuda:<index>") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"device={name} but no CUDA device is visible; use device=cpu")
     return device
