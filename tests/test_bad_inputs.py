@@ -462,3 +462,30 @@ def test_two_runs_started_in_the_same_second_get_two_folders(workdir):
     for r in runs:  # each its own checkpoints, one event file each
         assert sorted(p.name for p in (r / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
         assert len(list(r.rglob("events.out.tfevents.*"))) == 1
+
+
+# -- 10. silently odd settings are said ------------------------------------------------
+
+def test_log_image_names_naming_no_image_is_a_warning(caplog):
+    from types import SimpleNamespace
+
+    from segflow.callbacks import ValImageLogger
+
+    samples = [SimpleNamespace(name=n) for n in ("0006.png", "0007.png")]
+    trainer = SimpleNamespace(global_rank=0, datamodule=SimpleNamespace(samples=lambda s: samples))
+    module = SimpleNamespace(log_image_names=["0006", "nope.png"], log_image_enabled=True)
+    with caplog.at_level(logging.WARNING):
+        ValImageLogger().on_fit_start(trainer, module)
+    assert "model.log_image_names: nope.png is not among the 2 validation images" in caplog.text
+    caplog.clear()
+    module.log_image_names = ["0006.png"]
+    ValImageLogger().on_fit_start(trainer, module)
+    assert not caplog.text
+
+
+def test_predict_bad_device_is_one_sentence(capsys, caplog, tmp_path):
+    from segflow.predict import pick_device
+
+    case = Case("predict device=gpu0", lambda w: pick_device("gpu0"), 2,
+                "device=gpu0 is not a device; use auto, cpu, cuda or cuda:<index>")
+    check_case(case, tmp_path, capsys, caplog)
