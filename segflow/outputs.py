@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segflow.atomic import atomic_open
+from segflow.atomic import write_bytes as atomic_write_bytes
 from segflow.atomic import write_json as atomic_write_json
 
 if TYPE_CHECKING:  # torch is not needed to write tables (segflow.report stays light)
@@ -53,11 +54,15 @@ def save_prediction_pngs(folder: Path, stem: str, probs: Tensor, uncertainty: Te
 
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"{stem}_prob.png", folder / f"{stem}_mask.png"]
-    cv2.imwrite(str(files[0]), to_uint8(probs))
-    cv2.imwrite(str(files[1]), to_uint8((probs > threshold).float()))
+    arrays = [to_uint8(probs), to_uint8((probs > threshold).float())]
     if uncertainty is not None:
         files.append(folder / f"{stem}_uncertainty.png")
-        cv2.imwrite(str(files[2]), to_uint8(uncertainty, scale=2.0))
+        arrays.append(to_uint8(uncertainty, scale=2.0))
+    for path, arr in zip(files, arrays, strict=True):  # atomic: never a half-written PNG
+        ok, buf = cv2.imencode(".png", arr)
+        if not ok:  # pragma: no cover - uint8 PNG always encodes
+            raise OSError(f"could not encode {path}")
+        atomic_write_bytes(path, buf.tobytes())
     return files
 
 
