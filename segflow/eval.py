@@ -17,6 +17,9 @@ works); every metric is a sum-state torchmetrics ``Metric``, exact across ranks.
 Each setting writes ``<run>/eval/<tag>/`` with ``metrics.json``, ``per_image.csv`` and
 ``images/`` (probability, binary, uncertainty PNGs); a grid also writes
 ``<run>/eval/grid_<tag>/`` with ``grid.csv``, ``grid.md`` and ``dice_vs_nfe.png``.
+A folder is never reused: evaluating the same setting again writes ``<tag>_1/``, and data
+other than the run's own (another dataset, or the same kind elsewhere) is tagged
+``<data name>-<6 hex of its folder>``.
 """
 
 from __future__ import annotations
