@@ -55,11 +55,13 @@ def output_folder(output_dir: str | None, run_dir: str, input_dir: str) -> Path:
                           f"(outputs/runs/<experiment>/<time>) or a .ckpt file")
     if not Path(input_dir).is_dir():
         raise DataError(f"input_dir={input_dir} is not a folder; point it at a folder of images")
+    if output_dir and is_inside(output_dir, input_dir):
+        raise ConfigError(f"output_dir={output_dir} is inside input_dir={input_dir}: predictions "
+                          f"would mix with (and could replace) the images; choose another "
+                          f"output_dir or leave it unset (a new folder under the run)")
+    if not list_images(Path(input_dir)):
+        raise DataError(f"no images in {input_dir} (looked for {', '.join(IMAGE_EXTS)})")
     if output_dir:
-        if is_inside(output_dir, input_dir):
-            raise ConfigError(f"output_dir={output_dir} is inside input_dir={input_dir}: predictions "
-                              f"would mix with (and could replace) the images; choose another "
-                              f"output_dir or leave it unset (a new folder under the run)")
         return Path(output_dir)
     inp = Path(input_dir).resolve()
     digest = hashlib.sha256(str(inp).encode()).hexdigest()[:6]

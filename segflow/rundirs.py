@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from segflow.errors import ConfigError
+from segflow.errors import ConfigError, SegflowError
 
 #: Characters that cannot appear in a name that becomes one folder.
 _BAD_NAME = re.compile(r"[/\\\x00-\x1f]")
@@ -86,7 +86,7 @@ def _unwritable(path: Path, exc: OSError) -> ConfigError:
 
 
 def exit_in_resolver(fn):
-    """Run ``fn`` inside a Hydra resolver: a :class:`ConfigError` is printed as its one
+    """Run ``fn`` inside a Hydra resolver: a user error (:class:`SegflowError`) is printed as its one
     sentence and the process exits with status 2. (Raised as an exception it would reach
     Hydra wrapped in an interpolation error with a long traceback; ``SystemExit`` passes
     through OmegaConf and Hydra untouched.)"""
@@ -94,7 +94,7 @@ def exit_in_resolver(fn):
     def wrapper(*args):
         try:
             return fn(*args)
-        except ConfigError as exc:
+        except SegflowError as exc:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"Error: {exc}", file=sys.stderr, flush=True)

@@ -320,6 +320,13 @@ def _predict(work: Path, run: Path, inp: str, *extra: str):
     return predict_folder(cfg, out) and 0
 
 
+def _predict_dir(run: Path, inp: Path):
+    """The output folder as the entry point chooses it (Hydra's run dir resolver)."""
+    inp.mkdir(exist_ok=True) if inp.name == "out_empty" else None
+    cfg = _compose("predict", [f"run_dir={run}", f"input_dir={inp}"], hydra=True)
+    return str(OmegaConf.select(cfg, "hydra.run.dir")) and 0
+
+
 def test_predict_refuses_to_lose_or_overwrite(tiny_runs, tmp_path, capsys, caplog):
     run = _copy_run(tiny_runs.get("unet"), tmp_path / "run")
     for site in ("siteA", "siteB"):
@@ -331,6 +338,11 @@ def test_predict_refuses_to_lose_or_overwrite(tiny_runs, tmp_path, capsys, caplo
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "001_mask.png").write_bytes(b"an earlier prediction")
     cases = [
+        Case("predict input_dir=<missing> (folder chosen by Hydra)", lambda w: _predict_dir(
+            run, w / "nope"), 2, "is not a folder; point it at a folder of images",
+            absent=["run/predict"]),
+        Case("predict empty input_dir (folder chosen by Hydra)", lambda w: _predict_dir(
+            run, w / "out_empty"), 2, "no images in", absent=["run/predict"]),
         Case("predict output_dir=input_dir", lambda w: _predict(
             w, run, "siteA/image", f"output_dir={w / 'siteA' / 'image'}"), 2,
             "is inside input_dir", keep=["siteA/image/000_mask.png"]),
