@@ -322,6 +322,8 @@ def _predict(work: Path, run: Path, inp: str, *extra: str):
 
 def _predict_dir(run: Path, inp: Path):
     """The output folder as the entry point chooses it (Hydra's run dir resolver)."""
+    import segflow.predict  # noqa: F401 - registers segflow_predict_dir
+
     inp.mkdir(exist_ok=True) if inp.name == "out_empty" else None
     cfg = _compose("predict", [f"run_dir={run}", f"input_dir={inp}"], hydra=True)
     return str(OmegaConf.select(cfg, "hydra.run.dir")) and 0
