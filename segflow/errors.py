@@ -3,6 +3,7 @@ printed as one sentence naming the file or key and the fix (no stack trace)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from collections.abc import Iterator
@@ -42,6 +43,29 @@ def find_user_error(exc: BaseException) -> SegflowError | None:
     return None
 
 
+#: errno values that mean "this place cannot be written": the user must free space or
+#: choose another folder (not a bug).
+_DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied"}
+
+
+def disk_error(exc: BaseException) -> SegflowError | None:
+    """A write that failed for lack of space or permission, as one sentence naming the file
+    (atomic writes leave the previous file in place)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError) and cur.errno in _DISK_ERRNOS:
+            where = cur.filename or "a result file"
+            return SegflowError(f"cannot write {where}: {_DISK_ERRNOS[cur.errno]}; free space or "
+                                f"choose a writable folder (paths.output_root=..., output_dir=...); "
+                                f"files written before are intact")
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 @contextmanager
 def exit_on_user_error(log: logging.Logger) -> Iterator[None]:
     """The entry points' error handling: a user error (anywhere in the exception chain) is
@@ -50,7 +74,7 @@ def exit_on_user_error(log: logging.Logger) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        user_error = find_user_error(exc)
+        user_error = find_user_error(exc) or disk_error(exc)
         if user_error is None:
             raise
         log.error("%s", user_error)

@@ -17,10 +17,14 @@ works); every metric is a sum-state torchmetrics ``Metric``, exact across ranks.
 Each setting writes ``<run>/eval/<tag>/`` with ``metrics.json``, ``per_image.csv`` and
 ``images/`` (probability, binary, uncertainty PNGs); a grid also writes
 ``<run>/eval/grid_<tag>/`` with ``grid.csv``, ``grid.md`` and ``dice_vs_nfe.png``.
+A folder is never reused: evaluating the same setting again writes ``<tag>_1/``, and data
+other than the run's own (another dataset, or the same kind elsewhere) is tagged
+``<data name>-<6 hex of its folder>``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -33,8 +37,10 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from segflow.atomic import write_text as atomic_write_text
 from segflow.callbacks.prediction_writer import TestPredictionWriter
 from segflow.errors import ConfigError, exit_on_user_error
+from segflow.rundirs import exit_in_resolver, shared_claims
 from segflow.runs.checkpoints import (
     debug_sampling,
     load_for_eval,
@@ -51,17 +57,25 @@ from segflow.runs.results import (
     write_csv,
     write_json,
 )
+from segflow.validate import validate_eval
 
 log = logging.getLogger("segflow.eval")
 
 def eval_root(output_dir: str | None, run_dir: str | Path) -> Path:
-    """Where evaluations go: ``output_dir`` when set, else ``<run folder>/eval``."""
+    """Where evaluations go: ``output_dir`` when set, else ``<run folder>/eval``.
+
+    Raises:
+        ConfigError: ``run_dir`` does not exist (nothing is created under a missing path).
+    """
+    if not Path(run_dir).exists():
+        raise ConfigError(f"run_dir={run_dir} does not exist; pass a run folder "
+                          f"(outputs/runs/<experiment>/<time>) or a .ckpt file")
     return Path(output_dir) if output_dir else run_folder(run_dir) / "eval"
 
 
 # For hydra.run.dir in eval.yaml (the log folder lives beside the results).
-OmegaConf.register_new_resolver("segflow_eval_root", lambda out, run: str(eval_root(out, run)),
-                                replace=True)
+OmegaConf.register_new_resolver(
+    "segflow_eval_root", exit_in_resolver(lambda out, run: str(eval_root(out, run))), replace=True)
 
 
 def grid_combinations(grid: DictConfig | dict, sampling_keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -79,6 +93,13 @@ def grid_combinations(grid: DictConfig | dict, sampling_keys: tuple[str, ...]) -
     keys = list(grid)
     values = [v if isinstance(v, (list, tuple, ListConfig)) else [v] for v in grid.values()]
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def data_tag(name: str | None, split_dir: str | Path) -> str:
+    """``<data name>-<6 hex of the split folder's absolute path>``: two datasets of the same
+    kind (``data=dca1`` with two ``data.root``) get two evaluation folders."""
+    digest = hashlib.sha256(str(Path(split_dir).resolve()).encode()).hexdigest()[:6]
+    return f"{name or 'data'}-{digest}"
 
 
 def settings_tag(split: str, settings: dict[str, Any], data_name: str | None = None,
@@ -132,8 +153,13 @@ def build_datamodule(cfg: DictConfig, stored: DictConfig, split: str) -> tuple[A
     # The Trainer evaluates the test split: point it at the chosen folder. A missing val
     # folder makes the datamodule hold out part of train, exactly as during training.
     datamodule.split_dirs["test"] = datamodule.split_dirs[split]
-    if other == stored.data.get("name"):
+    stored_dirs = {k: stored.data.get(f"{k}_dir") for k in ("train", "val", "test")}
+    same_folder = (stored_dirs.get(split) is not None and Path(str(stored_dirs[split])).resolve()
+                   == Path(datamodule.split_dirs[split]).resolve())
+    if other == stored.data.get("name") and same_folder:
         other = None
+    elif other is not None or not same_folder:  # another dataset, or the same kind elsewhere
+        other = data_tag(other or stored.data.get("name"), datamodule.split_dirs[split])
     return datamodule, other
 
 
@@ -145,6 +171,7 @@ def _print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> 
 def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     """Evaluate a run under every grid combination; returns one summary row per setting."""
     route_lightning_logs_to_file()
+    validate_eval(cfg)
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, got {cfg.split!r}")
     module, stored, meta = load_for_eval(cfg)
@@ -160,15 +187,24 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(root),
                                       callbacks=[writer] if cfg.save_images else [])
     summaries: list[dict[str, Any]] = []
-    data_name = other_data or str(stored.data.get("name"))
+    data_name = str(given_data_name(cfg) or stored.data.get("name"))
+    methods = []
     for combo in combos:
         try:
-            module.method = base.with_settings(**combo)
+            methods.append(base.with_settings(**combo))
         except ValueError as exc:
             raise ConfigError(f"grid setting {combo}: {exc}") from None
+    # Every setting gets a folder of its own that no earlier evaluation holds (a suffix _1,
+    # _2 when the name is taken); claimed by rank 0 before any DDP rank starts, which reads
+    # them from the environment.
+    tags = [settings_tag(cfg.split, m.sampling_settings(), other_data, cfg.which, cfg.weights)
+            for m in methods]
+    grid_tag = f"grid_{settings_tag(cfg.split, {}, other_data, cfg.which, cfg.weights)}"
+    folders = shared_claims("eval", [root / t for t in tags]
+                            + ([root / grid_tag] if len(combos) > 1 else []))
+    for method, out in zip(methods, folders, strict=False):
+        module.method = method
         settings = module.method.sampling_settings()
-        tag = settings_tag(cfg.split, settings, other_data, cfg.which, cfg.weights)
-        out = root / tag
         writer.folder = out / "images"
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # same noise for every setting
         trainer.test(module, datamodule=datamodule, verbose=False)
@@ -190,9 +226,13 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
                      f"-> {out}", [{"images": len(rows), **results}],
                      ["images", *[k for k in TABLE_METRICS if k in results]])
     if len(combos) > 1 and trainer.global_rank == 0:
-        write_grid(root / f"grid_{settings_tag(cfg.split, {}, other_data, cfg.which, cfg.weights)}",
-                   summaries, list(base.sampling_keys))
+        write_grid(folders[-1], summaries, list(base.sampling_keys))
     return summaries
+
+
+def given_data_name(cfg: DictConfig) -> str | None:
+    given = cfg.get("data")
+    return str(given.get("name")) if given is not None and "_target_" in given else None
 
 
 def write_grid(folder: Path, rows: list[dict[str, Any]], keys: list[str]) -> None:
@@ -202,7 +242,7 @@ def write_grid(folder: Path, rows: list[dict[str, Any]], keys: list[str]) -> Non
     most values (usually the number of steps; see :func:`segflow.runs.results.line_groups`)."""
     columns = [*keys, *[k for k in TABLE_METRICS if any(k in r for r in rows)]]
     write_csv(folder / "grid.csv", rows, columns_of(rows, columns))
-    (folder / "grid.md").write_text(markdown_table(rows, columns))
+    atomic_write_text(folder / "grid.md", markdown_table(rows, columns))
     plot_lines(folder / "dice_vs_nfe.png", rows, "nfe_per_image",
                ["dice", "cldice", "seconds_per_image"], group_by=line_groups(rows, keys), log_x=True,
                title="quality vs sampling cost (NFE per image = NFE per member x ensemble size)")

@@ -15,6 +15,7 @@ ensembles, the spread of β0/β1 across the members (label-free topology uncerta
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
@@ -32,6 +34,7 @@ from segflow.data.io import IMAGE_EXTS, list_images, read_image
 from segflow.errors import ConfigError, DataError, exit_on_user_error
 from segflow.inference import resolve_device
 from segflow.metrics import betti_numbers, member_topology
+from segflow.rundirs import exit_in_resolver, is_inside, shared_claims
 from segflow.runs.checkpoints import (
     debug_sampling,
     load_for_eval,
@@ -39,19 +42,56 @@ from segflow.runs.checkpoints import (
     run_folder,
 )
 from segflow.runs.results import save_prediction_pngs, write_csv
+from segflow.validate import validate_eval
 
 log = logging.getLogger("segflow.predict")
 
 
 def output_folder(output_dir: str | None, run_dir: str, input_dir: str) -> Path:
-    """``output_dir`` when set, else ``<run folder>/predict/<input folder name>``."""
+    """``output_dir`` when set, else a new folder ``<run folder>/predict/<input folder
+    name>-<6 hex of its absolute path>`` (``_1``, ``_2`` when taken): two input folders of the
+    same name (``siteA/images``, ``siteB/images``) and two predictions of one folder never
+    share it.
+
+    Raises:
+        ConfigError: ``run_dir`` or ``input_dir`` is missing, or ``output_dir`` is (inside)
+            ``input_dir`` — predictions never go among the user's images.
+    """
+    if not Path(run_dir).exists():
+        raise ConfigError(f"run_dir={run_dir} does not exist; pass a run folder "
+                          f"(outputs/runs/<experiment>/<time>) or a .ckpt file")
+    if not Path(input_dir).is_dir():
+        raise DataError(f"input_dir={input_dir} is not a folder; point it at a folder of images")
+    if output_dir and is_inside(output_dir, input_dir):
+        raise ConfigError(f"output_dir={output_dir} is inside input_dir={input_dir}: predictions "
+                          f"would mix with (and could replace) the images; choose another "
+                          f"output_dir or leave it unset (a new folder under the run)")
+    if not list_images(Path(input_dir)):
+        raise DataError(f"no images in {input_dir} (looked for {', '.join(IMAGE_EXTS)})")
     if output_dir:
         return Path(output_dir)
-    return run_folder(run_dir) / "predict" / Path(input_dir).resolve().name
+    inp = Path(input_dir).resolve()
+    digest = hashlib.sha256(str(inp).encode()).hexdigest()[:6]
+    return shared_claims("predict", [run_folder(run_dir) / "predict" / f"{inp.name}-{digest}"])[0]
 
 
 OmegaConf.register_new_resolver(
-    "segflow_predict_dir", lambda out, run, inp: str(output_folder(out, run, inp)), replace=True)
+    "segflow_predict_dir", exit_in_resolver(lambda out, run, inp: str(output_folder(out, run, inp))),
+    replace=True, use_cache=True)
+
+
+def check_overwrites(out: Path, stems: list[str], overwrite: bool) -> None:
+    """Refuse (unless ``overwrite``) when a file this prediction would write already exists."""
+    if overwrite or not out.is_dir():
+        return
+    names = ["predictions.csv"] + [f"{s}_{k}.png" for s in stems for k in ("prob", "mask",
+                                                                          "uncertainty")]
+    taken = [n for n in names if (out / n).exists()]
+    if taken:
+        more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
+        raise ConfigError(f"output_dir={out} already holds {', '.join(taken[:3])}{more}; choose "
+                          f"a new output_dir, leave it unset (a new folder under the run) or "
+                          f"pass overwrite=true to replace them")
 
 
 def limit_images(images: dict[str, Path], limit: int | float | None) -> dict[str, Path]:
@@ -68,8 +108,17 @@ def limit_images(images: dict[str, Path], limit: int | float | None) -> dict[str
 
 
 @torch.no_grad()
-def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Segment every image of ``cfg.input_dir``; returns the rows of ``predictions.csv``."""
+def predict_folder(cfg: DictConfig, out: Path | None = None) -> list[dict[str, Any]]:
+    """Segment every image of ``cfg.input_dir``; returns the rows of ``predictions.csv``.
+
+    Args:
+        out: the output folder (the entry point passes Hydra's, already chosen); default
+            :func:`output_folder`.
+
+    Raises:
+        DataError: no image could be read (nothing is written then).
+    """
+    validate_eval(cfg)
     input_dir = Path(cfg.input_dir)
     if not input_dir.is_dir():
         raise DataError(f"input_dir={input_dir} is not a folder; point it at a folder of images")
@@ -77,7 +126,9 @@ def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
     if not images:
         raise DataError(f"no images in {input_dir} (looked for {', '.join(IMAGE_EXTS)})")
     images = limit_images(images, OmegaConf.select(cfg, "trainer.limit_predict_batches"))
-    out = output_folder(cfg.get("output_dir"), cfg.run_dir, cfg.input_dir)
+    out = out if out is not None else output_folder(cfg.get("output_dir"), cfg.run_dir,
+                                                    cfg.input_dir)
+    check_overwrites(out, list(images), bool(cfg.get("overwrite", False)))
     module, stored, meta = load_for_eval(cfg)
     module.method = debug_sampling(module.method, cfg, log)  # trainer=debug only
     device = resolve_device(str(cfg.device))
@@ -120,6 +171,10 @@ def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
                        betti0_std=float(np.std(topo["betti0"])),
                        betti1_std=float(np.std(topo["betti1"])))
         rows.append(row)
+    if not rows:
+        raise DataError(f"none of the {len(images)} images in {input_dir} could be read "
+                        f"({', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}); see the "
+                        f"errors above, re-export them (PNG recommended)")
     write_csv(out / "predictions.csv", rows)
     log.info("wrote masks, probabilities%s of %d images to %s%s",
              " and uncertainty maps" if any("n_samples" in r for r in rows) else "", len(rows),
@@ -130,7 +185,7 @@ def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def _hydra_main(cfg: DictConfig) -> None:
     with exit_on_user_error(log):
-        predict_folder(cfg)
+        predict_folder(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 def main() -> None:

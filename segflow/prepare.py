@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     state = "already up to date" if manifest["up_to_date"] else "written"
     print(f"{args.dest}: {state} — {', '.join(f'{n} {s}' for s, n in manifest['counts'].items())}; "
           f"sizes {manifest['sizes']}; skipped {manifest['skipped'] or 'nothing'}; "
-          f"manifest {args.dest}/manifest.json")
+          f"manifest {args.dest}/manifest.json"
+          + (f"; kept {len(manifest['kept_edited'])} edited file(s) (--force replaces them)"
+             if manifest.get("kept_edited") else ""))
     return 0
 
 

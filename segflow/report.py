@@ -31,6 +31,9 @@ from typing import Any
 
 import yaml
 
+from segflow.atomic import write_text
+from segflow.errors import SegflowError
+from segflow.rundirs import claim_dir
 from segflow.runs.results import (
     TABLE_METRICS,
     line_groups,
@@ -94,7 +97,9 @@ def collect(runs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                  and k not in ("model", "data")]
     run_rows, eval_rows, settings_keys = [], [], {}
     for run in runs:
-        summary = json.loads((run / "metrics.json").read_text())
+        summary = read_json(run / "metrics.json")
+        if summary is None:
+            continue
         label = _label(run, root)
         row: dict[str, Any] = {"run": label, "model": summary.get("model"), "data": summary.get("data")}
         row.update({k: overrides[run].get(k, "") for k in differing})
@@ -104,13 +109,30 @@ def collect(runs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         row["run_dir"] = str(run)
         run_rows.append(row)
         for result in sorted((run / "eval").glob("*/metrics.json")):
-            ev = json.loads(result.read_text())
+            ev = read_json(result)
+            if ev is None:
+                continue
             settings = ev.get("settings") or {}
             settings_keys.update(dict.fromkeys(settings))
             eval_rows.append({"run": label, "model": ev.get("model"), "data": ev.get("data"),
                               "split": ev.get("split"), "eval": result.parent.name,
                               **ev.get("metrics", {}), **settings})
     return run_rows, eval_rows, differing, list(settings_keys)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A result file, or None (with a warning naming it) when it is damaged: one bad file
+    must not stop the report of all the others."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"warning: skipped {path}: not readable JSON ({exc}); re-run that evaluation or "
+              f"delete the file", file=sys.stderr, flush=True)
+        return None
+    if not isinstance(data, dict):
+        print(f"warning: skipped {path}: not a segflow result (a JSON object)", file=sys.stderr)
+        return None
+    return data
 
 
 def _numeric(rows: list[dict[str, Any]], key: str) -> bool:
@@ -126,15 +148,19 @@ def write_report(paths: list[str | Path], out: Path | None = None) -> Path:
         else:
             base = Path(os.environ.get("SEGFLOW_OUTPUT_DIR", "outputs"))
             out = base / "reports" / time.strftime("%Y-%m-%d_%H-%M-%S")
+        out = claim_dir(out)  # a new folder: an earlier report is never replaced
     out.mkdir(parents=True, exist_ok=True)
     run_rows, eval_rows, differing, settings = collect(runs)
+    if not run_rows:
+        raise FileNotFoundError(f"none of the {len(runs)} runs under {', '.join(map(str, paths))} "
+                                f"has a readable metrics.json (see the warnings above)")
     ident = ["run", "model", "data", *differing]
     shown = [k for k in SHOWN if _numeric(run_rows, k)]
     metric_cols = [k for k in TABLE_METRICS if _numeric(run_rows, k)]
     rest = [k for r in run_rows for k in r if k not in ident and k not in metric_cols]
     write_csv(out / "report.csv", run_rows, ident + metric_cols + list(dict.fromkeys(rest)))
     table = markdown_table(run_rows, ident + shown + ["best_val_dice"])
-    (out / "report.md").write_text(
+    write_text(out / "report.md",
         f"# segflow report: {len(run_rows)} runs\n\nTest metrics of each run's best checkpoint "
         f"(`metrics.json`); full columns in `report.csv`.\n\n{table}")
     plot_bars(out / "metrics.png", [r["run"] for r in run_rows],
@@ -147,7 +173,7 @@ def write_report(paths: list[str | Path], out: Path | None = None) -> Path:
                 *[k for k in TABLE_METRICS if _numeric(eval_rows, k)]]
         write_csv(out / "evals.csv", eval_rows,
                   cols + list(dict.fromkeys(k for r in eval_rows for k in r if k not in cols)))
-        (out / "evals.md").write_text(f"# segflow evaluations\n\n{markdown_table(eval_rows, cols)}")
+        write_text(out / "evals.md", f"# segflow evaluations\n\n{markdown_table(eval_rows, cols)}")
         if len({r.get("nfe_per_image") for r in eval_rows}) > 1:
             plot_lines(out / "dice_vs_nfe.png", eval_rows, "nfe_per_image",
                        ["dice", "cldice", "seconds_per_image"],
@@ -164,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         write_report(args.paths, args.out)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, SegflowError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -12,7 +12,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -32,12 +31,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from segflow.atomic import AtomicCheckpointIO, write_json
 from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError, exit_on_user_error
 from segflow.runs.auto_resume import fingerprint, resolve_resume
 from segflow.runs.checkpoints import debug_sampling
 from segflow.runs.logs import build_many, route_lightning_logs_to_file
+from segflow.validate import validate_train
 
 log = logging.getLogger("segflow.train")
 
@@ -72,6 +73,8 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
         raise ConfigError(f"trainer=fsdp needs CUDA GPUs: Lightning runs FSDP on CUDA only "
                           f"(got trainer.accelerator={accelerator}); on CPU use trainer=ddp "
                           f"trainer.accelerator=cpu")
+    if not any(hasattr(p, "save_checkpoint") for p in (t.get("plugins") or [])):
+        kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
     try:
         return instantiate(t, **kwargs)
     except InstantiationException as exc:
@@ -98,6 +101,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    validate_train(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = resume_checkpoint(cfg, child)
     datamodule, module, trainer, interrupt = build_run(cfg, run_dir)
@@ -212,7 +216,7 @@ def run_test(cfg: DictConfig, trainer: pl.Trainer, module: Any, datamodule: Any,
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """``<run>/metrics.json`` (rank 0)."""
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_json(run_dir / "metrics.json", summary)
     if "test" in summary:
         log.info("test: %s", "  ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
     log.info("metrics written to %s", run_dir / "metrics.json")

@@ -92,10 +92,11 @@ def test_eval_on_another_dataset_with_model_overrides(tiny_runs, monkeypatch):
                     f"output_dir={out}",
                     "save_images=false"])
     (summary,) = evaluate(cfg)
-    result = json.loads((out / "synthetic_octa_test" / "metrics.json").read_text())
+    (folder,) = out.glob("synthetic_octa-*_test")  # <data name>-<hash of its folder>_<split>
+    result = json.loads((folder / "metrics.json").read_text())
     assert result["data"] == "synthetic_octa" and result["n_images"] == 2
     assert result["metrics"]["dice"] == pytest.approx(summary["dice"])
-    assert not (out / "synthetic_octa_test" / "images").exists()
+    assert not (folder / "images").exists()
     # model.threshold reached the rebuilt module: a lower threshold predicts more vessel.
     cfg_default = _compose([f"run_dir={run}", "data=synthetic_octa", "data.synthetic.image_size=48",
                             "data.synthetic.n_train=1", "data.synthetic.n_val=1",
@@ -121,7 +122,9 @@ def test_editing_data_root_moves_the_stored_split_folders(tiny_runs, tmp_path):
     shutil.copytree(split_dir.parent, moved)
     (after,) = evaluate(_compose([f"run_dir={run}", *common, f"data.root={moved}",
                                   f"output_dir={tmp_path / 'b'}"]))
-    result = json.loads((tmp_path / "b" / "val" / "metrics.json").read_text())
+    # other data (the moved copy): a folder of its own, <data name>-<hash>_val
+    (folder,) = (tmp_path / "b").glob("*-*_val")
+    result = json.loads((folder / "metrics.json").read_text())
     assert Path(result["split_dir"]) == moved / split_dir.name
     assert after["dice"] == pytest.approx(before["dice"])
 

@@ -67,11 +67,13 @@ def test_prepare_is_idempotent_and_rebuilds_a_changed_folder(prepared, shared_da
     again = prepare("dca1", shared_data / "XCA_Angios80", root)
     assert again["up_to_date"] is True
     assert (root / "manifest.json").stat().st_mtime_ns == stamp
-    # A file changed behind prepare's back: no longer up to date, rebuilt identically.
-    (root / "train/label/1.png").write_bytes(b"tampered")
-    rebuilt = prepare("dca1", shared_data / "XCA_Angios80", root)
+    # A file edited since (a corrected label): reported and kept; --force rebuilds it.
+    (root / "train/label/1.png").write_bytes(b"edited")
+    kept = prepare("dca1", shared_data / "XCA_Angios80", root)
+    assert kept["kept_edited"] == ["train/label/1.png"]
+    assert (root / "train/label/1.png").read_bytes() == b"edited"
+    rebuilt = prepare("dca1", shared_data / "XCA_Angios80", root, force=True)
     assert rebuilt["up_to_date"] is False and _values(root / "train/label/1.png") == {0, 255}
-    assert prepare("dca1", shared_data / "XCA_Angios80", root, force=True)["up_to_date"] is False
     assert not list(root.parent.glob(f".{root.name}.*"))  # no staging or backup left
 
 

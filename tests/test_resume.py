@@ -138,7 +138,7 @@ def test_resume_auto_picks_newest_matching_run(tmp_path, monkeypatch):
         (run / "checkpoints").mkdir()
         OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
         ckpt = run / "checkpoints" / "last.ckpt"
-        ckpt.write_bytes(b"x")
+        torch.save({"epoch": 0}, ckpt)  # intact (damaged ones are skipped: test_bad_inputs)
         return ckpt
 
     old = make_run("runs/unet_x/t1", _cfg())

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from segflow.atomic import write_text
+
 
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
@@ -119,6 +121,6 @@ def write(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Write ``bench.json`` and ``bench.md`` into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
-    json_path.write_text(json.dumps(result, indent=2, default=str))
-    md_path.write_text(to_markdown(result))
+    write_text(json_path, json.dumps(result, indent=2, default=str))  # atomic
+    write_text(md_path, to_markdown(result))
     return json_path, md_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 
 from segflow.distributed import all_gather_object
+
+log = logging.getLogger(__name__)
 
 
 def _to_rgb(x: Tensor) -> Tensor:
@@ -69,6 +72,26 @@ class ValImageLogger(pl.Callback):
         if names:
             return name in names or Path(name).stem in {Path(n).stem for n in names}
         return index < module.num_log_images
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Say so when ``model.log_image_names`` names no validation image (else nothing is
+        logged without a word)."""
+        names = list(getattr(pl_module, "log_image_names", None) or [])
+        dm = getattr(trainer, "datamodule", None)
+        if not names or not getattr(pl_module, "log_image_enabled", False) or dm is None \
+                or not hasattr(dm, "samples") or trainer.global_rank != 0:
+            return
+        try:
+            have = [s.name for s in dm.samples("val")]
+        except Exception:  # noqa: BLE001 - the datamodule reports its own errors
+            return
+        stems = {Path(n).stem for n in have}
+        missing = [n for n in names if n not in have and Path(n).stem not in stems]
+        if missing:
+            log.warning("model.log_image_names: %s %s not among the %d validation images (e.g. "
+                        "%s); nothing is logged for %s", ", ".join(map(str, missing)),
+                        "is" if len(missing) == 1 else "are", len(have),
+                        ", ".join(have[:3]), "it" if len(missing) == 1 else "them")
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._grids = []

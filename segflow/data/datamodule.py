@@ -207,7 +207,9 @@ class SegDataModule(pl.LightningDataModule):
         return self._splits[split]
 
     def setup(self, stage: str | None = None) -> None:
-        needed = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"],
+        # Fitting decodes the test split too: a damaged test image is found before the first
+        # step, not after the whole training.
+        needed = {"fit": ["train", "val", "test"], "validate": ["val"], "test": ["test"],
                   "predict": ["test"], None: ["train", "val", "test"]}[stage]
         for split in needed:
             self._load(split)

@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segflow.errors import DataError
+from segflow.data.strict import imread_strict
+from segflow.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ def _decode(path: Path) -> np.ndarray:
     """Decode any supported file to an array (H, W) or (H, W, C), RGB(A) channel order."""
     if not path.is_file():
         raise DataError(f"{path} does not exist or is not a file; check the data folder path")
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    arr = imread_strict(path, cv2.IMREAD_UNCHANGED)  # truncated JPEG/PNG: DataError
     if arr is not None and arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     if arr is None:  # OpenCV builds without GIF (or odd TIFFs): fall back to Pillow
@@ -75,7 +76,8 @@ def read_image(path: str | Path, channels: int = 1, gray_from: str = "luma") -> 
             elif gray_from == "luma":
                 img = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
             else:
-                raise ValueError(f"gray_from must be 'luma' or 'green', got {gray_from!r}")
+                raise ConfigError(f"data.gray_from={gray_from} is not understood; use luma "
+                                  f"(ITU-R 601 weights) or green (fundus images)")
         return np.ascontiguousarray(img[..., None], dtype=np.float32)
     if channels == 3:
         if img.ndim == 2:

@@ -9,7 +9,11 @@ keep their bit depth and channels, masks become 0/255) and ``DEST/manifest.json`
 
 Safe to repeat: a destination already prepared from the same source and options is left
 as it is; anything else is built in a hidden staging folder beside ``DEST`` and moved into
-place only when complete, so a failure never leaves a half-written dataset.
+place only when complete, so a failure never leaves a half-written dataset. Only files
+segflow wrote (listed in the manifest) are ever replaced: files the user added are kept
+(``--force`` refuses while they are there), files edited since are kept unless ``--force``,
+and another dataset kind is never prepared into a prepared folder
+(:mod:`segflow.data.ownership`).
 
 ``--check`` validates without writing: ``python -m segflow.prepare drive SRC --check``
 (a native download) or ``python -m segflow.prepare folder data/xca_full --check``
@@ -34,6 +38,7 @@ import numpy as np
 from segflow.data.adapters import ADAPTERS, SPLITS, Found, Pair, find_pairs
 from segflow.data.datasets import load_split
 from segflow.data.io import decode_image, read_mask_counted
+from segflow.data.ownership import check_dest, inspect_dest, install
 from segflow.errors import DataError
 
 log = logging.getLogger("segflow.prepare")
@@ -187,8 +192,9 @@ def prepare(kind: str, source: str | Path, dest: str | Path, force: bool = False
     Args:
         kind: an adapter name (``drive``, ``chase``, ``dca1``, ``xcad``, ``octa500``, ``folder``).
         source: the unpacked download.
-        dest: output root; created, or replaced when it holds an earlier segflow preparation.
-        force: rebuild even when ``dest`` is already up to date.
+        dest: output root; created, or updated when it holds an earlier segflow preparation
+            of the same kind (only the files that preparation wrote are replaced).
+        force: rebuild even when ``dest`` is already up to date, replacing edited outputs too.
         options: adapter options (e.g. ``subset="6M"`` for OCTA-500); others are ignored.
 
     Returns:
@@ -201,15 +207,20 @@ def prepare(kind: str, source: str | Path, dest: str | Path, force: bool = False
     """
     source, dest = Path(source), Path(dest)
     opts = adapter_options(kind, options)
+    state = inspect_dest(dest)  # only what segflow wrote may be replaced
+    check_dest(state, dest, kind, force)
     found = find_pairs(kind, source, **opts)
     fingerprint = _fingerprint(kind, opts, found)
-    if not force and _is_current(dest, fingerprint):
-        manifest = json.loads((dest / MANIFEST).read_text())
-        log.info("%s is up to date (prepared from %s); pass --force to rebuild", dest, source)
-        return {**manifest, "up_to_date": True}
-    if dest.exists() and not (dest / MANIFEST).is_file() and any(dest.iterdir()):
-        raise DataError(f"{dest} exists and is not a segflow-prepared dataset (no {MANIFEST}); "
-                        f"choose a new or empty destination folder")
+    old = state.manifest
+    if (not force and old is not None and old.get("format") == FORMAT
+            and old.get("fingerprint") == fingerprint and not state.missing):
+        if state.edited:
+            log.warning("%s is up to date except %d file(s) edited since it was prepared, kept: "
+                        "%s (pass --force to replace them)", dest, len(state.edited),
+                        ", ".join(state.edited[:5]))
+        else:
+            log.info("%s is up to date (prepared from %s); pass --force to rebuild", dest, source)
+        return {**old, "up_to_date": True, "kept_edited": state.edited}
     checked, problems = validate_all(found)
     _raise_problems(problems)
 
@@ -235,18 +246,8 @@ def prepare(kind: str, source: str | Path, dest: str | Path, force: bool = False
         manifest = {"format": FORMAT, "kind": kind, "source": str(source.resolve()),
                     "options": opts, "fingerprint": fingerprint, **_summary(checked),
                     "skipped": found.skipped, "files": files}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-        if dest.exists():
-            dest.rename(old)
-        try:
-            staging.rename(dest)
-        except BaseException:
-            if old.exists() and not dest.exists():
-                old.rename(dest)  # put the previous preparation back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+        kept = install(staging, dest, manifest, state, force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return {**manifest, "up_to_date": False}
+    return {**manifest, "up_to_date": False, "kept_edited": kept}

@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from segflow.atomic import checkpoint_problem
 from segflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,13 @@ def find_last_checkpoint(output_root: str | Path, experiment_name: str, fp: str)
             continue
         if same:
             candidates.append((ckpt.stat().st_mtime, ckpt))
-    return max(candidates)[1] if candidates else None
+    for _, ckpt in sorted(candidates, reverse=True):  # newest intact one
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        log.warning("resume=auto: skipping %s: it %s (cut short by a full disk or a kill?); "
+                    "trying the next newest", ckpt, problem)
+    return None
 
 
 def slurm_requeued() -> bool:

@@ -14,7 +14,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from segflow.errors import ConfigError
+from segflow.atomic import torch_load_checked
+from segflow.errors import ConfigError, find_user_error
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a segflow checkpoint (on CPU)."""
     # weights_only=False: Lightning checkpoints hold optimizer/loop state objects; these are
     # files this project wrote, not untrusted downloads.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch_load_checked(path, lambda: torch.load(path, map_location="cpu", weights_only=False))
 
 
 def load_module(path: str | Path, which: str = "best", overrides: dict[str, Any] | None = None):
@@ -95,12 +96,39 @@ def load_module(path: str | Path, which: str = "best", overrides: dict[str, Any]
     cfg = OmegaConf.create(ckpt["segflow_config"])
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg.model, key, value, merge=True)
-    module = instantiate(cfg.model)
-    module.load_state_dict(ckpt["state_dict"])
+    flat = OmegaConf.to_container(OmegaConf.create(overrides or {}))
+    given = ", ".join(f"model.{k}={v}" for k, v in _flatten(flat).items()) or "none"
+    try:
+        module = instantiate(cfg.model)
+    except Exception as exc:  # noqa: BLE001 - a bad override deep inside a network/method
+        if find_user_error(exc) is not None:
+            raise
+        cause = exc.__cause__ or exc
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ConfigError(f"the model of {ckpt_file} cannot be built with the overrides "
+                          f"({given}): {first[:200]}; drop or fix them") from None
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "").rstrip(".")
+        raise ConfigError(f"the weights in {ckpt_file} do not fit the model built with the "
+                          f"overrides ({given}): {detail[:200]}; model.net.* must match the "
+                          f"trained network, drop those overrides") from None
     module.run_config = ckpt["segflow_config"]
     module.eval()
     log.info("loaded %s (epoch %s, step %s)", ckpt_file, ckpt.get("epoch"), ckpt.get("global_step"))
     return module, cfg
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"net": {"base_channels": 8}}`` → ``{"net.base_channels": 8}``."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def load_for_eval(cfg: DictConfig) -> tuple[Any, DictConfig, dict[str, Any]]:

@@ -7,13 +7,16 @@ no Hydra here).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from segflow.atomic import atomic_open
+from segflow.atomic import write_bytes as atomic_write_bytes
+from segflow.atomic import write_json as atomic_write_json
 
 if TYPE_CHECKING:  # torch is not needed to write tables (segflow.report stays light)
     from torch import Tensor
@@ -51,11 +54,15 @@ def save_prediction_pngs(folder: Path, stem: str, probs: Tensor, uncertainty: Te
 
     folder.mkdir(parents=True, exist_ok=True)
     files = [folder / f"{stem}_prob.png", folder / f"{stem}_mask.png"]
-    cv2.imwrite(str(files[0]), to_uint8(probs))
-    cv2.imwrite(str(files[1]), to_uint8((probs > threshold).float()))
+    arrays = [to_uint8(probs), to_uint8((probs > threshold).float())]
     if uncertainty is not None:
         files.append(folder / f"{stem}_uncertainty.png")
-        cv2.imwrite(str(files[2]), to_uint8(uncertainty, scale=2.0))
+        arrays.append(to_uint8(uncertainty, scale=2.0))
+    for path, arr in zip(files, arrays, strict=True):  # atomic: never a half-written PNG
+        ok, buf = cv2.imencode(".png", arr)
+        if not ok:  # pragma: no cover - uint8 PNG always encodes
+            raise OSError(f"could not encode {path}")
+        atomic_write_bytes(path, buf.tobytes())
     return files
 
 
@@ -82,8 +89,7 @@ def columns_of(rows: Sequence[dict[str, Any]], first: Sequence[str] = ()) -> lis
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Path:
     """Rows of dicts → CSV (missing cells empty)."""
     columns = list(columns or columns_of(rows))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -114,9 +120,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))
-    return path
+    return atomic_write_json(path, data)
 
 
 def line_groups(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:

@@ -1,0 +1,148 @@
+"""Output folders that are unique by construction, and names that become paths.
+
+A run folder is *claimed* with an atomic ``mkdir`` (``exist_ok=False``): when the name is
+taken — two runs started in the same second by a script or a job array, an earlier
+evaluation of the same setting, a second prediction of the same input folder — the next
+free suffix ``_1``, ``_2``, ... is taken instead. Two processes can never share a folder.
+
+The Hydra resolvers registered here (importing this module registers them) put this into
+the configs' ``hydra.run.dir`` / ``hydra.sweep.dir``:
+
+* ``${segflow_unique:<path>}`` claims ``<path>`` (or the next free suffix) and returns it;
+  cached per config, so a multirun sweep resolves its folder once for all its jobs.
+* ``${segflow_name:<key>,<value>}`` returns ``value`` after checking that it can be one
+  folder name (not empty, no ``/`` or ``\\``, not ``.`` or ``..``).
+
+Hydra/OmegaConf only (no torch).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from segflow.errors import ConfigError, SegflowError
+
+#: Characters that cannot appear in a name that becomes one folder.
+_BAD_NAME = re.compile(r"[/\\\x00-\x1f]")
+
+
+def check_name(key: str, value: object) -> str:
+    """``value`` if it can be a single folder name, else a ConfigError naming ``key``."""
+    name = "" if value is None else str(value)
+    if not name.strip():
+        raise ConfigError(f"{key}={value!r} is empty; give it a name (letters, digits, '-', '_', "
+                          f"'.'), it becomes a folder name")
+    if name in (".", "..") or _BAD_NAME.search(name) or name != name.strip():
+        raise ConfigError(f"{key}={name!r} cannot be a folder name: it must not contain '/' or "
+                          f"'\\', be '.' or '..', or start or end with a space; use e.g. "
+                          f"{key}={_suggest(name)}")
+    return name
+
+
+def _suggest(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "my_run"
+    return cleaned
+
+
+def claim_dir(path: str | Path, sep: str = "_") -> Path:
+    """Create ``path`` atomically and return it; if it exists, create and return the first
+    free ``<path><sep>1``, ``<path><sep>2``, ...
+
+    Raises:
+        ConfigError: the folder cannot be created (read-only or full file system, no
+            permission), naming it.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(path.parent, exc) from None
+    candidate, n = path, 0
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = path.with_name(f"{path.name}{sep}{n}")
+        except OSError as exc:
+            raise _unwritable(candidate, exc) from None
+
+
+def _unwritable(path: Path, exc: OSError) -> ConfigError:
+    reason = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+              errno.EROFS: "the file system is read-only",
+              errno.ENOSPC: "the disk is full"}.get(exc.errno or 0, exc.strerror or str(exc))
+    return ConfigError(f"cannot create the output folder {path}: {reason}; choose a writable "
+                       f"place with paths.output_root=<folder> (or SEGFLOW_OUTPUT_DIR) or "
+                       f"output_dir=<folder>")
+
+
+def exit_in_resolver(fn):
+    """Run ``fn`` inside a Hydra resolver: a user error (:class:`SegflowError`) is printed as its one
+    sentence and the process exits with status 2. (Raised as an exception it would reach
+    Hydra wrapped in an interpolation error with a long traceback; ``SystemExit`` passes
+    through OmegaConf and Hydra untouched.)"""
+
+    def wrapper(*args):
+        try:
+            return fn(*args)
+        except SegflowError as exc:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"Error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+def _is_secondary_rank() -> bool:
+    """A DDP rank other than 0 started by Lightning (it re-runs the command line)."""
+    return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "NODE_RANK"))
+
+
+def shared_claims(kind: str, paths: list[Path]) -> list[Path]:
+    """:func:`claim_dir` for each of ``paths`` on rank 0; the folders chosen are put into the
+    environment, where the DDP ranks Lightning starts later (same command line) find them
+    instead of claiming folders of their own."""
+    key = f"SEGFLOW_CLAIMED_{kind.upper()}"
+    if _is_secondary_rank() and key in os.environ:
+        return [Path(p) for p in json.loads(os.environ[key])]
+    claimed = [claim_dir(p) for p in paths]
+    os.environ[key] = json.dumps([str(p) for p in claimed])
+    return claimed
+
+
+@exit_in_resolver
+def _unique(path: str) -> str:
+    return str(shared_claims("run_dir", [Path(path)])[0])
+
+
+@exit_in_resolver
+def _name(key: str, value: object) -> str:
+    return check_name(key, value)
+
+
+OmegaConf.register_new_resolver("segflow_unique", _unique, replace=True, use_cache=True)
+OmegaConf.register_new_resolver("segflow_name", _name, replace=True)
+
+
+def is_inside(child: str | Path, parent: str | Path) -> bool:
+    """True when ``child`` is ``parent`` or inside it (after resolving links)."""
+    c, p = Path(child).resolve(), Path(parent).resolve()
+    return c == p or p in c.parents
+
+
+def writable_error(path: str | Path, exc: OSError) -> ConfigError:
+    """An OSError while writing ``path`` as one sentence (read-only, full, no permission)."""
+    return _unwritable(Path(path), exc)
+
+
+__all__ = ["check_name", "claim_dir", "is_inside", "writable_error"]

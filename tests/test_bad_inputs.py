@@ -1,0 +1,506 @@
+"""Bad inputs and faults, table-driven: every case gives its exit code, one sentence with a
+phrase, and leaves what the user had in place (nothing lost, nothing overwritten).
+
+Each case is ``(id, action, expected exit code, phrase in the message, paths that must
+still exist afterwards)``; actions run in-process through the entry points' own error
+handling (:func:`segflow.errors.exit_on_user_error`, the Hydra resolvers that choose
+folders, ``segflow.prepare.main``, ``segflow.report.main``), so the whole table takes
+seconds; one test launches two real trainings in the same second.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from segflow.atomic import AtomicCheckpointIO, checkpoint_problem
+from segflow.errors import exit_on_user_error
+from segflow.eval import evaluate
+from segflow.rundirs import claim_dir
+from segflow.runs.checkpoints import open_key_overrides
+
+from conftest import CONF, TINY, run_dirs
+
+log = logging.getLogger("segflow.test_bad_inputs")
+
+
+@dataclass
+class Case:
+    id: str
+    action: Callable[[Path], object]  # gets a fresh work folder
+    code: int
+    phrase: str
+    keep: list[str] = field(default_factory=list)  # paths (relative to the work folder)
+    absent: list[str] = field(default_factory=list)  # paths that must not have been created
+
+
+def run_case(case: Case, work: Path, capsys, caplog) -> tuple[int, str]:
+    """Run the action as an entry point would: (exit code, the message shown)."""
+    caplog.clear()
+    code = 0
+    with caplog.at_level(logging.WARNING):
+        try:
+            with exit_on_user_error(log):
+                result = case.action(work)
+            if isinstance(result, int):  # argparse-style mains return their exit code
+                code = result
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    out = capsys.readouterr()
+    message = "\n".join([out.err, out.out, *(r.getMessage() for r in caplog.records)])
+    return code, message
+
+
+def check_case(case: Case, work: Path, capsys, caplog) -> None:
+    code, message = run_case(case, work, capsys, caplog)
+    if os.environ.get("SEGFLOW_CASE_LOG"):  # the list of cases with their outcome, for docs
+        shown = [ln for ln in message.splitlines() if case.phrase and case.phrase in ln]
+        with open(os.environ["SEGFLOW_CASE_LOG"], "a") as f:
+            f.write(json.dumps({"case": case.id, "exit": code,
+                                "message": (shown or [""])[0].strip()}) + "\n")
+    assert code == case.code, f"{case.id}: exit {code}, expected {case.code}: {message[-1500:]}"
+    assert case.phrase in message, f"{case.id}: {case.phrase!r} not in {message[-1500:]!r}"
+    assert "Traceback" not in message, case.id
+    for rel in case.keep:
+        assert (work / rel).exists(), f"{case.id}: {rel} was lost"
+    for rel in case.absent:
+        assert not (work / rel).exists(), f"{case.id}: {rel} was created"
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+def _compose(name: str, overrides: list[str], hydra: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(name, overrides=overrides, return_hydra_config=hydra)
+
+
+def _write_images(folder: Path, n: int, size: int = 32, seed: int = 0, ext: str = ".png") -> None:
+    rng = np.random.default_rng(seed)
+    (folder / "image").mkdir(parents=True, exist_ok=True)
+    (folder / "label").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = (rng.random((size, size)) * 255).astype(np.uint8)
+        cv2.imwrite(str(folder / "image" / f"{i:03d}{ext}"), img)
+        cv2.imwrite(str(folder / "label" / f"{i:03d}.png"), (img > 128).astype(np.uint8) * 255)
+
+
+def _dataset(root: Path, ext: str = ".png") -> Path:
+    for split, n in (("train", 3), ("val", 1), ("test", 1)):
+        _write_images(root / split, n, ext=ext, seed=len(split))
+    return root
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+# -- 1. config values: one sentence naming key, value and what is allowed ----------------
+
+def _train_cfg(*overrides: str):
+    def action(work: Path):
+        from segflow.validate import validate_train
+
+        validate_train(_compose("train", list(overrides)))
+    return action
+
+
+CONFIG_CASES = [
+    Case("max_epochs=abc", _train_cfg("trainer.max_epochs=abc"), 2,
+         "trainer.max_epochs=abc is not valid: trainer.max_epochs must be a whole number"),
+    Case("max_epochs=0", _train_cfg("trainer.max_epochs=0"), 2, "trainer.max_epochs=0 trains nothing"),
+    Case("train_bs=0", _train_cfg("data.train_bs=0"), 2, "data.train_bs=0 is not valid"),
+    Case("num_samples_per_image=0", _train_cfg("data.num_samples_per_image=0"), 2,
+         "data.num_samples_per_image=0 is not valid"),
+    Case("image_size=0", _train_cfg("data.image_size=0"), 2,
+         "data.image_size=0 is not valid: data.image_size must be a whole number of pixels"),
+    Case("gray_from=blue", _train_cfg("data=synthetic_octa", "data.gray_from=blue"), 2,
+         "data.gray_from=blue is not valid: data.gray_from must be luma"),
+    Case("channels=2", _train_cfg("data.channels=2"), 2, "data.channels=2 is not valid"),
+    Case("learning_rate=-1", _train_cfg("model.learning_rate=-1"), 2,
+         "model.learning_rate=-1 is not valid: model.learning_rate must be a number > 0"),
+    Case("precision=8", _train_cfg("trainer.precision=8"), 2, "trainer.precision=8 is not valid"),
+    Case("num_workers=-1", _train_cfg("data.num_workers=-1"), 2, "data.num_workers=-1 is not valid"),
+    Case("accumulate=0", _train_cfg("trainer.accumulate_grad_batches=0"), 2,
+         "trainer.accumulate_grad_batches=0 is not valid"),
+    Case("seed=abc", _train_cfg("seed=abc"), 2, "seed=abc is not valid"),
+    Case("valid config", _train_cfg("trainer.max_epochs=3", "data.train_bs=2"), 0, ""),
+]
+
+
+# -- 2. names that become paths, folders chosen before any file is written --------------
+
+def _run_dir(*overrides: str, key: str = "hydra.run.dir"):
+    def action(work: Path):
+        cfg = _compose("train", [f"paths.output_root={work / 'outputs'}", *overrides], hydra=True)
+        return str(OmegaConf.select(cfg, key)) and 0
+    return action
+
+
+NAME_CASES = [
+    Case("experiment_name=../../x", _run_dir("experiment_name=../../x"), 2,
+         "experiment_name='../../x' cannot be a folder name", absent=["x", "outputs/runs"]),
+    Case("experiment_name=''", _run_dir("experiment_name=''"), 2, "experiment_name='' is empty",
+         absent=["outputs/runs"]),
+    Case("experiment_name=a/b", _run_dir("experiment_name=a/b"), 2, "use e.g. experiment_name=a_b",
+         absent=["outputs/runs"]),
+    Case("sweep_name=..", _run_dir("sweep_name=..", key="hydra.sweep.dir"), 2,
+         "sweep_name='..' cannot be a folder name", absent=["outputs/multirun"]),
+    Case("experiment_name=ok", _run_dir("experiment_name=ok"), 0, "", keep=["outputs/runs/ok"]),
+]
+
+
+def _read_only_output_root(work: Path):
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(work / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    Path.mkdir = mkdir  # type: ignore[method-assign]
+    try:
+        return _run_dir(f"paths.output_root={work / 'ro'}")(work)
+    finally:
+        Path.mkdir = real_mkdir  # type: ignore[method-assign]
+
+
+def _disk_full_while_writing(work: Path):
+    from segflow.runs.results import write_json
+
+    write_json(work / "metrics.json", {"dice": 0.5})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(work / "metrics.json"))
+
+    real = os.fsync
+    os.fsync = full
+    try:
+        write_json(work / "metrics.json", {"dice": 0.9})
+    finally:
+        os.fsync = real
+
+
+DISK_CASES = [
+    Case("read-only output folder", _read_only_output_root, 2,
+         "the file system is read-only; choose a writable place"),
+    Case("disk full while writing metrics.json", _disk_full_while_writing, 2,
+         "metrics.json: the disk is full", keep=["metrics.json"]),
+]
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES + NAME_CASES + DISK_CASES, ids=lambda c: c.id)
+def test_config_names_and_disk(case, tmp_path, capsys, caplog):
+    check_case(case, tmp_path, capsys, caplog)
+    if case.id.startswith("disk full"):  # the earlier complete file is still there, whole
+        assert json.loads((tmp_path / "metrics.json").read_text()) == {"dice": 0.5}
+        assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary left
+
+
+def test_claimed_folders_are_unique_and_atomic(tmp_path):
+    first, second, third = (claim_dir(tmp_path / "runs" / "exp" / "t") for _ in range(3))
+    assert [p.name for p in (first, second, third)] == ["t", "t_1", "t_2"]
+
+
+# -- 3. checkpoints ---------------------------------------------------------------------
+
+def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "best.ckpt"
+    io.save_checkpoint({"epoch": 1, "w": torch.ones(1000)}, path)
+    before = path.read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04" + b"\0" * 100)  # part of the new file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        io.save_checkpoint({"epoch": 2, "w": torch.zeros(1000)}, path)
+    assert path.read_bytes() == before and checkpoint_problem(path) is None
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.ckpt"]  # no temporary left
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+
+
+def _copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("eval", "predict", "report*"))
+    return dest
+
+
+def test_damaged_checkpoints_and_resume_auto(tiny_runs, tmp_path, capsys, caplog):
+    from segflow.runs.auto_resume import find_last_checkpoint, fingerprint
+
+    run = tiny_runs.get("unet")
+    old = _copy_run(run, tmp_path / "outputs" / "runs" / "exp" / "old")
+    new = _copy_run(run, tmp_path / "outputs" / "runs" / "exp" / "new")
+    _truncate(new / "checkpoints" / "last.ckpt")
+    _truncate(new / "checkpoints" / "best.ckpt", 0.9)
+    now = time.time()
+    os.utime(old / "checkpoints" / "last.ckpt", (now - 100, now - 100))
+    cfg = OmegaConf.load(old / ".hydra" / "config.yaml")
+    cfg.experiment_name = "exp"
+    for r in (old, new):
+        OmegaConf.save(cfg, r / ".hydra" / "config.yaml")
+    with caplog.at_level(logging.WARNING):
+        found = find_last_checkpoint(tmp_path / "outputs", "exp", fingerprint(cfg))
+    assert found == old / "checkpoints" / "last.ckpt"  # the newest intact one
+    assert f"skipping {new / 'checkpoints' / 'last.ckpt'}" in caplog.text
+
+    cases = [
+        Case("eval on a truncated best.ckpt", lambda w: evaluate(_compose(
+            "eval", [f"run_dir={new}", "trainer=cpu", f"output_dir={w / 'ev'}"])), 2,
+            f"checkpoint {new / 'checkpoints' / 'best.ckpt'} is truncated",
+            keep=["outputs/runs/exp/new/checkpoints/best.ckpt"]),
+        Case("train from a truncated ckpt_path", lambda w: AtomicCheckpointIO().load_checkpoint(
+            new / "checkpoints" / "last.ckpt"), 2, "last.ckpt is truncated or not a checkpoint"),
+        Case("eval with model.net.* that do not fit", lambda w: evaluate(_compose(
+            "eval", open_key_overrides([f"run_dir={old}", "trainer=cpu", "model.net.base_channels=8",
+                                        f"output_dir={w / 'ev2'}"]))), 2,
+            "do not fit the model built with the overrides (model.net.base_channels=8)"),
+    ]
+    for case in cases:
+        check_case(case, tmp_path, capsys, caplog)
+
+
+def test_atomic_checkpoint_io_is_what_training_uses():
+    from segflow.train import build_trainer
+
+    trainer = build_trainer(_compose("train", ["trainer=debug"]), logger=False)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+# -- 4. evaluation folders --------------------------------------------------------------
+
+def test_eval_folders_tell_the_data_apart_and_never_replace(tiny_runs, tmp_path, capsys, caplog):
+    run = tiny_runs.get("unet")
+    cfg_a = _compose("eval", [f"run_dir={run}", "trainer=cpu", "save_images=false",
+                              f"output_dir={tmp_path / 'ev'}"])
+    evaluate(cfg_a)
+    first = (tmp_path / "ev" / "test" / "metrics.json").read_text()
+    split_dir = Path(json.loads(first)["split_dir"])
+    root_b = tmp_path / "copy"
+    shutil.copytree(split_dir.parent, root_b)
+    evaluate(cfg_a)  # the same evaluation again: a new folder
+    evaluate(_compose("eval", [f"run_dir={run}", "trainer=cpu", "save_images=false",
+                               f"output_dir={tmp_path / 'ev'}", f"++data.root={root_b}"]))
+    names = sorted(p.name for p in (tmp_path / "ev").iterdir())
+    (other,) = set(names) - {"test", "test_1"}
+    assert len(names) == 3 and other.startswith("synthetic_xca-") and other.endswith("_test"), names
+    assert (tmp_path / "ev" / "test" / "metrics.json").read_text() == first
+    result = json.loads((tmp_path / "ev" / other / "metrics.json").read_text())
+    assert Path(result["split_dir"]).resolve() == (root_b / split_dir.name).resolve()
+
+    missing = Case("eval run_dir=<missing>", lambda w: str(OmegaConf.select(_compose(
+        "eval", [f"run_dir={w / 'nope' / 'run'}"], hydra=True), "hydra.run.dir")) and 0, 2,
+        f"run_dir={tmp_path / 'nope' / 'run'} does not exist", absent=["nope"])
+    check_case(missing, tmp_path, capsys, caplog)
+
+
+# -- 5. predict -------------------------------------------------------------------------
+
+def _predict(work: Path, run: Path, inp: str, *extra: str):
+    from segflow.predict import output_folder, predict_folder
+
+    cfg = _compose("predict", open_key_overrides([f"run_dir={run}", f"input_dir={work / inp}",
+                                                  "device=cpu", *extra]))
+    out = output_folder(cfg.get("output_dir"), cfg.run_dir, cfg.input_dir)
+    return predict_folder(cfg, out) and 0
+
+
+def _predict_dir(run: Path, inp: Path):
+    """The output folder as the entry point chooses it (Hydra's run dir resolver)."""
+    import segflow.predict  # noqa: F401 - registers segflow_predict_dir
+
+    inp.mkdir(exist_ok=True) if inp.name == "out_empty" else None
+    cfg = _compose("predict", [f"run_dir={run}", f"input_dir={inp}"], hydra=True)
+    return str(OmegaConf.select(cfg, "hydra.run.dir")) and 0
+
+
+def test_predict_refuses_to_lose_or_overwrite(tiny_runs, tmp_path, capsys, caplog):
+    run = _copy_run(tiny_runs.get("unet"), tmp_path / "run")
+    for site in ("siteA", "siteB"):
+        _write_images(tmp_path / site, 2, size=40)
+    users_mask = tmp_path / "siteA" / "image" / "000_mask.png"
+    users_mask.write_bytes(b"the user's own file")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"not an image")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "001_mask.png").write_bytes(b"an earlier prediction")
+    cases = [
+        Case("predict input_dir=<missing> (folder chosen by Hydra)", lambda w: _predict_dir(
+            run, w / "nope"), 2, "is not a folder; point it at a folder of images",
+            absent=["run/predict"]),
+        Case("predict empty input_dir (folder chosen by Hydra)", lambda w: _predict_dir(
+            run, w / "out_empty"), 2, "no images in", absent=["run/predict"]),
+        Case("predict output_dir=input_dir", lambda w: _predict(
+            w, run, "siteA/image", f"output_dir={w / 'siteA' / 'image'}"), 2,
+            "is inside input_dir", keep=["siteA/image/000_mask.png"]),
+        Case("predict output_dir inside input_dir", lambda w: _predict(
+            w, run, "siteA", f"output_dir={w / 'siteA' / 'pred'}"), 2, "is inside input_dir",
+            absent=["siteA/pred"]),
+        Case("predict over earlier outputs", lambda w: _predict(
+            w, run, "siteB/image", f"output_dir={w / 'out'}"), 2,
+            "already holds 001_mask.png; choose a new output_dir", keep=["out/001_mask.png"]),
+        Case("predict nothing readable", lambda w: _predict(w, run, "bad"), 2,
+             "none of the 1 images in"),
+        Case("predict overwrite=true", lambda w: _predict(
+            w, run, "siteB/image", f"output_dir={w / 'out'}", "overwrite=true"), 0, ""),
+        Case("predict siteA default folder", lambda w: _predict(w, run, "siteA/image"), 0, ""),
+        Case("predict siteB default folder", lambda w: _predict(w, run, "siteB/image"), 0, ""),
+    ]
+    for case in cases:
+        check_case(case, tmp_path, capsys, caplog)
+    assert users_mask.read_bytes() == b"the user's own file"
+    assert (tmp_path / "out" / "001_mask.png").read_bytes() != b"an earlier prediction"  # overwrite
+    folders = sorted(p.name for p in (run / "predict").iterdir())
+    # one folder per input folder although both are called "image"
+    assert len([f for f in folders if f.startswith("image-")]) == 2, folders
+
+
+# -- 6. prepare -------------------------------------------------------------------------
+
+def _prep(*argv: str):
+    def action(work: Path):
+        from segflow.prepare import main
+
+        return main([a.replace("{w}", str(work)) for a in argv])
+    return action
+
+
+def test_prepare_only_replaces_what_it_wrote(tmp_path, capsys, caplog):
+    src = _dataset(tmp_path / "src")
+    jpg_src = _dataset(tmp_path / "jsrc", ext=".jpg")
+    _truncate(jpg_src / "test" / "image" / "000.jpg")
+    png_src = _dataset(tmp_path / "psrc")
+    _truncate(png_src / "train" / "label" / "001.png")
+    edited = tmp_path / "dest" / "train" / "label" / "000.png"
+
+    def edit_and_touch(w: Path):
+        cv2.imwrite(str(edited), np.full((32, 32), 255, np.uint8))
+        os.utime(src / "train" / "image" / "002.png")  # the source changed: a rebuild
+        return _prep("folder", "{w}/src", "{w}/dest")(w)
+
+    cases = [
+        Case("prepare folder", _prep("folder", "{w}/src", "{w}/dest"), 0, "written"),
+        Case("prepare --force with a user file", lambda w: (
+            (w / "dest" / "notes.txt").write_text("mine"), _prep(
+                "folder", "{w}/src", "{w}/dest", "--force")(w))[1], 2,
+            "holds files segflow did not write: notes.txt", keep=["dest/notes.txt"]),
+        Case("prepare after a user edit", edit_and_touch, 0, "kept 1 edited file(s)",
+             keep=["dest/notes.txt"]),
+        Case("prepare another kind into it", _prep("drive", "{w}/src", "{w}/dest"), 2,
+             "holds a folder dataset prepared from"),
+        Case("prepare truncated JPEG", _prep("folder", "{w}/jsrc", "{w}/jdest"), 2,
+             "000.jpg is damaged (libjpeg: Premature end of JPEG file)", absent=["jdest"]),
+        Case("prepare --check truncated PNG", _prep("folder", "{w}/psrc", "--check"), 2,
+             "001.png is damaged (truncated PNG"),
+        Case("prepare into a foreign folder", lambda w: (
+            (w / "mine").mkdir(), (w / "mine" / "a.txt").write_text("x"),
+            _prep("folder", "{w}/src", "{w}/mine")(w))[2], 2,
+            "is not a segflow-prepared dataset", keep=["mine/a.txt"]),
+    ]
+    for case in cases:
+        check_case(case, tmp_path, capsys, caplog)
+    assert cv2.imread(str(edited), cv2.IMREAD_UNCHANGED).min() == 255  # the edit survived
+    assert (tmp_path / "dest" / "notes.txt").read_text() == "mine"
+
+
+# -- 7. strict decoding at set-up (training and predict read through the same decoder) ---
+
+def test_damaged_test_label_is_found_at_set_up(tmp_path, capsys, caplog):
+    from segflow.data import SegDataModule
+
+    root = _dataset(tmp_path / "data")
+    _truncate(root / "test" / "label" / "000.png")
+    dm = SegDataModule(root=str(root), train_dir=str(root / "train"), val_dir=str(root / "val"),
+                       test_dir=str(root / "test"), fov_dir=None, image_size=16, num_workers=0)
+    case = Case("truncated test label at fit set-up", lambda w: dm.setup("fit"), 2,
+                f"{root / 'test' / 'label' / '000.png'} is damaged (truncated PNG")
+    check_case(case, tmp_path, capsys, caplog)
+
+
+# -- 8. report --------------------------------------------------------------------------
+
+def test_report_skips_a_damaged_metrics_json(tiny_runs, tmp_path, capsys, caplog):
+    from segflow.report import main
+
+    good = _copy_run(tiny_runs.get("unet"), tmp_path / "runs" / "good")
+    bad = _copy_run(tiny_runs.get("unet"), tmp_path / "runs" / "bad")
+    (bad / "metrics.json").write_text('{"test": {"dice": 0.')
+    cases = [
+        Case("report with one corrupt metrics.json", lambda w: main([str(w / "runs")]), 0,
+             f"skipped {bad / 'metrics.json'}: not readable JSON", keep=["runs/report/report.md"]),
+        Case("report again: new folder", lambda w: main([str(w / "runs")]), 0, "",
+             keep=["runs/report_1/report.md", "runs/report/report.md"]),
+        Case("report of only corrupt runs", lambda w: (
+            (good / "metrics.json").write_text("not json"), main([str(w / "runs")]))[1], 2,
+            "has a readable metrics.json"),
+    ]
+    for case in cases:
+        check_case(case, tmp_path, capsys, caplog)
+
+
+# -- 9. two real trainings started in the same second -----------------------------------
+
+def test_two_runs_started_in_the_same_second_get_two_folders(workdir):
+    import subprocess
+    import sys
+
+    args = [*TINY, "trainer=debug", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1", "test_after_fit=false", "experiment_name=same"]
+    env = {**os.environ, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
+           "SEGFLOW_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(CONF.parent),
+           "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    # the same timestamp for both, as when two processes start in the same second
+    stamp = "hydra.run.dir='${segflow_unique:${paths.output_root}/runs/same/2026-01-01_00-00-00}'"
+    procs = [subprocess.Popen([sys.executable, "-m", "segflow.train", *args, stamp], cwd=workdir,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+    runs = run_dirs(workdir)
+    assert sorted(r.name for r in runs) == ["2026-01-01_00-00-00", "2026-01-01_00-00-00_1"]
+    for r in runs:  # each its own checkpoints, one event file each
+        assert sorted(p.name for p in (r / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+        assert len(list(r.rglob("events.out.tfevents.*"))) == 1
+
+
+# -- 10. silently odd settings are said ------------------------------------------------
+
+def test_log_image_names_naming_no_image_is_a_warning(caplog):
+    from types import SimpleNamespace
+
+    from segflow.callbacks import ValImageLogger
+
+    samples = [SimpleNamespace(name=n) for n in ("0006.png", "0007.png")]
+    trainer = SimpleNamespace(global_rank=0, datamodule=SimpleNamespace(samples=lambda s: samples))
+    module = SimpleNamespace(log_image_names=["0006", "nope.png"], log_image_enabled=True)
+    with caplog.at_level(logging.WARNING):
+        ValImageLogger().on_fit_start(trainer, module)
+    assert "model.log_image_names: nope.png is not among the 2 validation images" in caplog.text
+    caplog.clear()
+    module.log_image_names = ["0006.png"]
+    ValImageLogger().on_fit_start(trainer, module)
+    assert not caplog.text
+
+
+def test_predict_bad_device_is_one_sentence(capsys, caplog, tmp_path):
+    from segflow.predict import pick_device
+
+    case = Case("predict device=gpu0", lambda w: pick_device("gpu0"), 2,
+                "device=gpu0 is not a device; use auto, cpu, cuda or cuda:<index>")
+    check_case(case, tmp_path, capsys, caplog)
