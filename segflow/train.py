@@ -121,7 +121,7 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     module = instantiate(cfg.model)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    interrupt = InterruptCheckpoint()
+    interrupt = InterruptCheckpoint(int(cfg.get("stop_check_every", 16)))
     callbacks = [*build_many(cfg.get("callbacks")), ExactResume(), interrupt]
     loggers = build_many(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False,
