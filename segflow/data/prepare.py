@@ -33,6 +33,7 @@ import numpy as np
 
 from segflow.data.adapters import ADAPTERS, SPLITS, Found, Pair, find_pairs
 from segflow.data.datasets import load_split
+from segflow.data.fov import DERIVED_FOV, FOV_RULE
 from segflow.data.io import decode_image, read_mask_counted
 from segflow.errors import DataError
 
@@ -113,9 +114,22 @@ def _write_png(path: Path, arr: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def add_derived_fov(kind: str, checked: list[Checked]) -> None:
+    """Datasets that distribute no FOV masks (CHASE_DB1) get the thresholded one of
+    :func:`segflow.data.fov.threshold_fov` as ``fov``."""
+    rule = DERIVED_FOV.get(kind)
+    if rule is None:
+        return
+    for c in checked:
+        if "fov" not in c.masks:
+            c.masks["fov"] = rule(c.image)
+
+
 def _fingerprint(kind: str, options: dict[str, Any], found: Found) -> str:
     """Identifies the source files (paths, sizes, modification times) and the options."""
-    h = hashlib.sha256(json.dumps([kind, options], sort_keys=True, default=str).encode())
+    derived = FOV_RULE if kind in DERIVED_FOV else None
+    h = hashlib.sha256(json.dumps([kind, options, *([derived] if derived else [])],
+                                  sort_keys=True, default=str).encode())
     for pair in found.pairs:
         for path in (pair.image, pair.label, pair.fov, *pair.extra.values()):
             if path is not None:
@@ -176,6 +190,7 @@ def check(kind: str, source: str | Path, **options: Any) -> dict[str, Any]:
     found = find_pairs(kind, source, **adapter_options(kind, options))
     checked, problems = validate_all(found)
     _raise_problems(problems)
+    add_derived_fov(kind, checked)
     return {"kind": kind, "source": str(Path(source).resolve()), **_summary(checked),
             "skipped": found.skipped}
 
@@ -212,6 +227,7 @@ def prepare(kind: str, source: str | Path, dest: str | Path, force: bool = False
                         f"choose a new or empty destination folder")
     checked, problems = validate_all(found)
     _raise_problems(problems)
+    add_derived_fov(kind, checked)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.parent / f".{dest.name}.partial-{os.getpid()}"
@@ -234,6 +250,7 @@ def prepare(kind: str, source: str | Path, dest: str | Path, force: bool = False
                 load_split(staging / split, fov_dir="fov")
         manifest = {"format": FORMAT, "kind": kind, "source": str(source.resolve()),
                     "options": opts, "fingerprint": fingerprint, **_summary(checked),
+                    **({"fov_rule": FOV_RULE} if kind in DERIVED_FOV else {}),
                     "skipped": found.skipped, "files": files}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         old = dest.parent / f".{dest.name}.old-{os.getpid()}"
