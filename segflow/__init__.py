@@ -1,3 +1,19 @@
-"""segflow: vessel segmentation with supervised, diffusion and flow-matching models."""
+"""segflow: vessel segmentation with supervised, diffusion and flow-matching models.
+
+``segflow.load_run(path)`` loads a trained run for prediction (see :mod:`segflow.api`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["load_run", "Run", "Segmentation"]
+
+
+def __getattr__(name: str) -> Any:  # the API imports torch/Lightning: only when asked for
+    if name in __all__:
+        from segflow import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'segflow' has no attribute {name!r}")

@@ -32,6 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from segflow.callbacks.logger_media import build_loggers, log_config
 from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
 from segflow.config import build_many
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
@@ -123,10 +124,13 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     interrupt = InterruptCheckpoint(int(cfg.get("stop_check_every", 16)))
     callbacks = [*build_many(cfg.get("callbacks")), ExactResume(), interrupt]
-    loggers = build_many(cfg.get("logger"))
+    loggers = build_loggers(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False,
                             default_root_dir=str(run_dir))
 
+    preprocess = getattr(datamodule, "preprocess", None)
+    if preprocess is not None and trainer.global_rank == 0:  # what eval/predict apply too
+        (run_dir / "preprocess.json").write_text(json.dumps(preprocess.as_dict(), indent=2))
     eff = effective_batch_size(cfg, trainer)
     log.info("run folder: %s", run_dir)
     log.info("effective batch size = train_bs %d x num_samples_per_image %d x world size %d "
@@ -141,6 +145,8 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
                             "num_samples_per_image": cfg.data.num_samples_per_image,
                             "image_size": cfg.data.image_size,
                             "precision": str(cfg.trainer.precision)})
+    if trainer.global_rank == 0:
+        log_config(trainer.loggers, module.run_config)
 
     fp = fingerprint(cfg)
     log.info("experiment %s, config fingerprint %s%s", cfg.experiment_name, fp,
