@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segflow.data.preprocess import Preprocess
+from segflow.progress import sampling_progress
 
 
 @dataclass
@@ -89,7 +90,8 @@ class Run:
             generator = None
             if seed is not None:
                 generator = torch.Generator(device=self.device).manual_seed(int(seed))
-            return self.module(image.to(self.device), generator)
+            with sampling_progress():  # a bar for long sampling loops (e.g. 1000-step DDPM)
+                return self.module(image.to(self.device), generator)
         finally:
             self.module.method = base
 

@@ -45,6 +45,7 @@ from segflow.outputs import (
     write_csv,
     write_json,
 )
+from segflow.progress import sampling_progress
 
 log = logging.getLogger("segflow.eval")
 
@@ -217,7 +218,8 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         out = root / tag
         writer.folder = out / "images"
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # same noise for every setting
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        with sampling_progress():  # a bar for long sampling loops (e.g. 1000-step DDPM)
+            trainer.test(module, datamodule=datamodule, verbose=False)
         results, rows = module.test_results, module.test_rows
         summary = {**results, **settings}  # the settings, not the mean n_samples
         summaries.append(summary)

@@ -34,6 +34,7 @@ from segflow.errors import DataError, exit_on_user_error
 from segflow.eval import load_for_eval, open_key_overrides, run_folder
 from segflow.metrics import betti_numbers, member_topology
 from segflow.outputs import save_prediction_pngs, write_csv
+from segflow.progress import sampling_progress
 
 log = logging.getLogger("segflow.predict")
 
@@ -88,7 +89,8 @@ def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
             skipped.append(path.name)
             continue
         start = time.perf_counter()
-        pred = module(x)
+        with sampling_progress():  # a bar for long sampling loops (e.g. 1000-step DDPM)
+            pred = module(x)
         seconds = time.perf_counter() - start
         save_prediction_pngs(out, stem, pred.probs[0], None if pred.uncertainty is None
                              else pred.uncertainty[0], threshold)

@@ -36,6 +36,7 @@ from segflow.data.datasets import load_split
 from segflow.data.fov import DERIVED_FOV, FOV_RULE
 from segflow.data.io import decode_image, read_mask_counted
 from segflow.errors import DataError
+from segflow.progress import bar
 
 log = logging.getLogger("segflow.prepare")
 
@@ -83,7 +84,7 @@ def _validate(pair: Pair) -> Checked:
 def validate_all(found: Found) -> tuple[list[Checked], list[str]]:
     """Validate every pair; return the good ones and one message per bad one."""
     good, problems = [], []
-    for pair in found.pairs:
+    for pair in bar(found.pairs, "checking pairs", unit="pair"):
         try:
             good.append(_validate(pair))
         except DataError as exc:
@@ -234,7 +235,7 @@ def prepare(kind: str, source: str | Path, dest: str | Path, force: bool = False
     shutil.rmtree(staging, ignore_errors=True)
     try:
         files = []
-        for c in checked:
+        for c in bar(checked, f"writing {dest.name}", unit="pair"):
             split, stem = c.pair.split, c.pair.stem
             digests = {f"{split}/image/{stem}.png": _write_png(staging / split / "image" / f"{stem}.png", c.image)}
             for name, mask in c.masks.items():
