@@ -18,6 +18,7 @@ from segflow.bench.timing import (
     reset_peak_memory,
     stopwatch,
 )
+from segflow.callbacks.ema import EMAModel
 from segflow.methods.base import Method
 
 
@@ -32,6 +33,7 @@ class TrainCase:
     channels_last: bool
     compile: bool
     params_m: float
+    ema: bool = False
     images_per_s: float | None = None
     step_ms: float | None = None
     peak_mem_mib: float | None = None
@@ -92,11 +94,12 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
                    precision: str, channels_last: bool, compile: bool, warmup_steps: int,
                    steps: int, device: torch.device, lr: float = 1e-4, weight_decay: float = 0.0,
                    fused_adamw: bool = True, flops: bool = True, peak_tflops: float | None = None,
-                   seed: int = 0) -> TrainCase:
+                   seed: int = 0, ema_decay: float | None = None) -> TrainCase:
     """Time ``steps`` optimiser steps (loss, backward, AdamW) on a fixed synthetic batch.
 
     No data loading and no Lightning loop: this is the model's compute cost; the loader
-    has its own benchmark. The network is deep-copied so cases do not share weights or
+    has its own benchmark. With ``ema_decay`` each step also updates a weight EMA
+    (:class:`segflow.callbacks.ema.EMAModel`, what ``model.ema_decay`` adds to training). The network is deep-copied so cases do not share weights or
     compiled graphs.
 
     Returns:
@@ -105,7 +108,8 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
     """
     net = copy.deepcopy(net).to(device)
     case = TrainCase(name, image_size, batch, str(precision), bool(channels_last), bool(compile),
-                     params_m=sum(p.numel() for p in net.parameters()) / 1e6)
+                     params_m=sum(p.numel() for p in net.parameters()) / 1e6,
+                     ema=ema_decay is not None)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     try:
@@ -121,6 +125,8 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
         step_net = torch.compile(net) if compile else net
         opt = make_optimizer(net, lr, weight_decay, device, fused_adamw)
         scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(precision) == torch.float16)
+        average = EMAModel(net, ema_decay) if ema_decay is not None else None
+        trained = net  # the EMA follows the eager module (compiled or not, same weights)
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
@@ -129,6 +135,8 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            if average is not None:
+                average.update_parameters(trained)
 
         for _ in range(warmup_steps):
             step()
