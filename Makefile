@@ -16,7 +16,7 @@ LAUNCHER ?= local
 # What a background run adds: no progress bar (the log shows one line per epoch instead).
 BG_ARGS := ++trainer.enable_progress_bar=false
 
-.PHONY: help install train sweep sweep-lr logs test test-slow lint tensorboard bench report clean
+.PHONY: help install train sweep sweep-lr logs test test-slow lint tensorboard bench gpu-check report clean
 
 # Targets that run Python depend on the venv only when PY is the default one: a missing
 # .venv is created first (one command from a fresh clone); PY=<other python> is used as is.
@@ -76,6 +76,9 @@ lint: | $(NEEDS_VENV)  ## ruff over segflow and tests
 
 bench: | $(NEEDS_VENV)  ## benchmarks -> outputs/bench/<time>/ (MODE=full on a GPU; ARGS="models=[flow] ...")
 	$(PY) -m segflow.bench bench=$(MODE) $(ARGS)
+
+gpu-check: | $(NEEDS_VENV)  ## the prepared GPU check (presets x precision, DDP, DRIVE, flow, medsegdiff) -> gpu_check.json + .md (ARGS=--dry-run)
+	$(PY) -m segflow.bench.gpu_check $(ARGS)
 
 tensorboard: | $(NEEDS_VENV)  ## tensorboard over every run
 	$(PY) -m tensorboard.main --logdir outputs --port $(PORT) --bind_all
