@@ -257,7 +257,7 @@ def write_grid(folder: Path, rows: list[dict[str, Any]], keys: list[str]) -> Non
     _print_table(f"quality x cost grid -> {folder}", rows, columns)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
     with exit_on_user_error(log):
         evaluate(cfg)

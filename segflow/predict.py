@@ -114,7 +114,7 @@ def predict_folder(cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def _hydra_main(cfg: DictConfig) -> None:
     with exit_on_user_error(log):
         predict_folder(cfg)

@@ -214,7 +214,7 @@ def _stop_cleanly(cfg: DictConfig, trainer: pl.Trainer | None,
         sys.exit(0 if is_ddp_child() else 128 + int(signum))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the objective for Hydra sweepers (validation Dice, else test Dice)."""
     with exit_on_user_error(log):

@@ -25,7 +25,7 @@ import torch
 from segflow.data.datasets import RandomCropDataset, Sample
 from segflow.data.transforms import build_train_transform
 
-FOLDER_YAML = Path(__file__).resolve().parents[2] / "conf" / "data" / "folder.yaml"
+FOLDER_YAML = Path(__file__).resolve().parents[1] / "conf" / "data" / "folder.yaml"
 
 
 def default_augment() -> dict[str, Any]:
