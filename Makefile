@@ -1,5 +1,7 @@
-# segflow — everything goes through .venv (made by `make install`).
-PY      ?= .venv/bin/python
+# segflow — everything goes through .venv (made by `make install`, or by the first target
+# that needs it). `make help` lists the targets.
+VENV    := .venv
+PY      ?= $(VENV)/bin/python
 ARGS    ?=
 BG      ?= 0
 PORT    ?= 6006
@@ -14,15 +16,28 @@ LAUNCHER ?= local
 # What a background run adds: no progress bar (the log shows one line per epoch instead).
 BG_ARGS := ++trainer.enable_progress_bar=false
 
-.PHONY: install train sweep sweep-lr compare logs test test-slow lint tensorboard bench report clean
+.PHONY: help install train sweep sweep-lr compare logs test test-slow lint tensorboard bench gpu-check report clean
 
-install:  ## create .venv and install segflow with its dev tools
-	python3 -m venv .venv
-	.venv/bin/pip install -e ".[dev]"
+# Targets that run Python depend on the venv only when PY is the default one: a missing
+# .venv is created first (one command from a fresh clone); PY=<other python> is used as is.
+ifeq ($(PY),$(VENV)/bin/python)
+NEEDS_VENV := $(VENV)/bin/python
+endif
+
+help:  ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -e ".[dev]"
+
+install:  ## create (or update) .venv and install segflow with its dev tools
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -e ".[dev]"
 
 # BG=1: detached (nohup, own session); prints the PID and the log files, which live in the
 # run folder (pinned first with hydra.run.dir so the path is known before the run starts).
-train:  ## train the default model (ARGS="model=csnet data=synthetic_octa ..."; BG=1 in the background)
+train: | $(NEEDS_VENV)  ## train the default model (ARGS="model=csnet data=synthetic_octa ..."; BG=1 in the background)
 ifeq ($(BG),1)
 	@dir=$$($(PY) -m segflow.train $(ARGS) $(BG_ARGS) --cfg all --resolve -p hydra.run 2>/dev/null | sed -n 's/^dir: //p'); \
 	if [ -z "$$dir" ]; then $(PY) -m segflow.train $(ARGS) $(BG_ARGS) --cfg job >/dev/null; exit 2; fi; \
@@ -35,14 +50,14 @@ else
 	$(PY) -m segflow.train $(ARGS)
 endif
 
-sweep:  ## the architecture sweep: MODELS=unet,csnet,medsegdiff_small,flow_small DATA=synthetic_xca [LAUNCHER=joblib] [ARGS=...]
+sweep: | $(NEEDS_VENV)  ## the architecture sweep: MODELS=unet,csnet,medsegdiff_small,flow_small DATA=synthetic_xca [LAUNCHER=joblib] [ARGS=...]
 	$(PY) -m segflow.train -m model=$(MODELS) data=$(DATA) launcher=$(LAUNCHER) sweep_name=arch_$(DATA) $(ARGS)
 
-sweep-lr:  ## a learning-rate sweep: MODEL=unet LRS=1e-4,3e-4,1e-3,3e-3 DATA=... [ARGS=...]
+sweep-lr: | $(NEEDS_VENV)  ## a learning-rate sweep: MODEL=unet LRS=1e-4,3e-4,1e-3,3e-3 DATA=... [ARGS=...]
 	$(PY) -m segflow.train -m model=$(MODEL) data=$(DATA) model.learning_rate=$(LRS) launcher=$(LAUNCHER) sweep_name=lr_$(MODEL)_$(DATA) $(ARGS)
 
 # make compare: train MODELS on DATA with one budget, grid-evaluate the generative ones, one table.
-compare:  ## fair comparison: DATA=synthetic_xca [MODELS=unet,flow_small] [ARGS="data.root=... trainer.max_epochs=20"]
+compare: | $(NEEDS_VENV)  ## fair comparison: DATA=synthetic_xca [MODELS=unet,flow_small] [ARGS="data.root=... trainer.max_epochs=20"]
 	$(PY) -m segflow.compare --data $(DATA) --models $(MODELS) $(ARGS)
 
 logs:  ## follow the newest run's log (console.log of a BG=1 run, else train.log)
@@ -51,22 +66,25 @@ logs:  ## follow the newest run's log (console.log of a BG=1 run, else train.log
 	dir=$$(dirname "$$new"); log="$$dir/train.log"; [ -f "$$dir/console.log" ] && log="$$dir/console.log"; \
 	echo "==> $$log"; tail -n 50 -F "$$log"
 
-test:  ## the test suite CI runs (no slow, no gpu)
+test: | $(NEEDS_VENV)  ## the test suite CI runs (no slow, no gpu)
 	$(PY) -m pytest -m "not slow and not gpu" -q
 
-test-slow:  ## the slow tests (overfit checks, long runs)
+test-slow: | $(NEEDS_VENV)  ## the slow tests (overfit checks, long runs)
 	$(PY) -m pytest -m "slow" -q
 
-report:  ## comparison table + plots of runs (RUNS="outputs/multirun/<sweep>/<time> ..." [OUT=dir])
+report: | $(NEEDS_VENV)  ## comparison table + plots of runs (RUNS="outputs/multirun/<sweep>/<time> ..." [OUT=dir])
 	$(PY) -m segflow.report $(or $(RUNS),$(error set RUNS to run folders or a multirun folder)) $(if $(OUT),--out $(OUT))
 
-lint:
+lint: | $(NEEDS_VENV)  ## ruff over segflow and tests
 	$(PY) -m ruff check segflow tests
 
-bench:  ## benchmarks -> outputs/bench/<time>/ (MODE=full on a GPU; ARGS="models=[flow] ...")
+bench: | $(NEEDS_VENV)  ## benchmarks -> outputs/bench/<time>/ (MODE=full on a GPU; ARGS="models=[flow] ...")
 	$(PY) -m segflow.bench bench=$(MODE) $(ARGS)
 
-tensorboard:  ## tensorboard over every run
+gpu-check: | $(NEEDS_VENV)  ## the prepared GPU check (presets x precision, DDP, DRIVE, flow, medsegdiff) -> gpu_check.json + .md (ARGS=--dry-run)
+	$(PY) -m segflow.bench.gpu_check $(ARGS)
+
+tensorboard: | $(NEEDS_VENV)  ## tensorboard over every run
 	$(PY) -m tensorboard.main --logdir outputs --port $(PORT) --bind_all
 
 clean:  ## remove caches (keeps outputs/ and data/)

@@ -1,6 +1,23 @@
-"""segflow: vessel segmentation with supervised, diffusion and flow-matching models."""
+"""segflow: vessel segmentation with supervised, diffusion and flow-matching models.
+
+``segflow.load_run(path)`` loads a trained run for prediction (see :mod:`segflow.api`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["load_run", "Run", "Segmentation"]
 
-# The resolvers conf/ uses to choose output folders (segflow_unique, segflow_name).
+
+def __getattr__(name: str) -> Any:  # the API imports torch/Lightning: only when asked for
+    if name in __all__:
+        from segflow import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'segflow' has no attribute {name!r}")
+
+
+# The resolvers the configs use to choose output folders (segflow_unique, segflow_name).
 from segflow import rundirs as _rundirs  # noqa: E402,F401

@@ -36,16 +36,10 @@ import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
-from pytorch_lightning.strategies.launchers import subprocess_script as _pl_launcher
+
+from segflow.compat import ddp_child_command
 
 log = logging.getLogger(__name__)
-
-# Lightning looks this function up in its launcher module each time it starts children.
-_HOOK = "_hydra_subprocess_cmd"
-if not callable(getattr(_pl_launcher, _HOOK, None)):  # pragma: no cover - guards upgrades
-    raise ImportError(
-        f"pytorch_lightning.strategies.launchers.subprocess_script.{_HOOK} is gone: this "
-        f"Lightning version starts DDP children differently; update segflow.distributed")
 
 
 @dataclass
@@ -124,12 +118,10 @@ def hydra_ddp_job(spec: ChildCommand) -> Iterator[ChildCommand]:
     """
     saved_env = {k: os.environ.get(k) for k in _JOB_ENV}
     saved_threads = torch.get_num_threads()
-    previous = getattr(_pl_launcher, _HOOK)
-    setattr(_pl_launcher, _HOOK, lambda local_rank: child_command(spec, local_rank))
     try:
-        yield spec
+        with ddp_child_command(lambda local_rank: child_command(spec, local_rank)):
+            yield spec
     finally:
-        setattr(_pl_launcher, _HOOK, previous)
         if not is_ddp_child():
             _end_process_group()
             for key, value in saved_env.items():

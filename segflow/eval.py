@@ -40,6 +40,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from segflow.atomic import write_text as atomic_write_text
 from segflow.callbacks.prediction_writer import TestPredictionWriter
 from segflow.errors import ConfigError, exit_on_user_error
+from segflow.progress import sampling_progress
 from segflow.rundirs import exit_in_resolver, shared_claims
 from segflow.runs.checkpoints import (
     debug_sampling,
@@ -207,7 +208,8 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         settings = module.method.sampling_settings()
         writer.folder = out / "images"
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # same noise for every setting
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        with sampling_progress():  # a bar for long sampling loops (e.g. 1000-step DDPM)
+            trainer.test(module, datamodule=datamodule, verbose=False)
         results, rows = module.test_results, module.test_rows
         summary = {**results, **settings}  # the settings, not the mean n_samples
         summaries.append(summary)
@@ -249,7 +251,7 @@ def write_grid(folder: Path, rows: list[dict[str, Any]], keys: list[str]) -> Non
     _print_table(f"quality x cost grid -> {folder}", rows, columns)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
     with exit_on_user_error(log):
         evaluate(cfg)

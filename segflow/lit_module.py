@@ -197,3 +197,22 @@ class SegModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.run_config = checkpoint.get("segflow_config", self.run_config)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Any, map_location: Any = None,
+                             **model_overrides: Any) -> SegModule:
+        """Rebuild the module from a segflow checkpoint (or a run folder's best one).
+
+        The network and method are not hyper-parameters (they are objects), so Lightning's
+        generic loader cannot rebuild them; this one rebuilds them from the run config
+        stored in the checkpoint (:func:`segflow.config.load_module`). ``model_overrides``
+        are dotted keys merged into the stored model config (e.g. ``threshold=0.4``).
+        Returns the module in eval mode, on ``map_location`` (a device) when given.
+        """
+        from segflow.config import load_module
+
+        module, _ = load_module(checkpoint_path, "best", model_overrides)
+        if map_location is not None and not callable(map_location) and not isinstance(
+                map_location, dict):
+            module.to(map_location)
+        return module

@@ -5,8 +5,9 @@ Examples:
     python -m segflow.predict run_dir=<run>/checkpoints/last.ckpt input_dir=in output_dir=out device=cuda:1
     python -m segflow.predict run_dir=<run> input_dir=in model.method.steps=10 model.method.n_samples=8
 
-Images of any size (PNG/JPG/TIF/BMP/GIF/PGM, gray or colour) are read as in training
-(the run's ``data.channels``, ``gray_from``, ``mean``, ``std``), segmented whole (padded to
+Images of any size (PNG/JPG/TIF/BMP/GIF/PGM, gray or colour) are preprocessed as in
+training (the run's :class:`~segflow.data.preprocess.Preprocess`: ``data.channels``,
+``gray_from``, ``intensity`` such as CLAHE, ``mean``, ``std``), segmented whole (padded to
 the network's multiple), and written as ``<stem>_mask.png`` (0/255),
 ``<stem>_prob.png`` (probability × 255) and, for ensembles, ``<stem>_uncertainty.png``;
 ``predictions.csv`` lists per image the vessel fraction, β0/β1 of the mask and, for
@@ -29,11 +30,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
-from segflow.data.datasets import center_crop
-from segflow.data.io import IMAGE_EXTS, list_images, read_image
+from segflow.data.io import IMAGE_EXTS, list_images
+from segflow.data.preprocess import Preprocess
 from segflow.errors import ConfigError, DataError, exit_on_user_error
 from segflow.inference import resolve_device
 from segflow.metrics import betti_numbers, member_topology
+from segflow.progress import sampling_progress
 from segflow.rundirs import exit_in_resolver, is_inside, shared_claims
 from segflow.runs.checkpoints import (
     debug_sampling,
@@ -133,10 +135,8 @@ def predict_folder(cfg: DictConfig, out: Path | None = None) -> list[dict[str, A
     module.method = debug_sampling(module.method, cfg, log)  # trainer=debug only
     device = resolve_device(str(cfg.device))
     module.to(device)
-    data = stored.data
-    channels = int(data.get("channels", 1))
-    gray_from = str(data.get("gray_from", "luma"))
-    mean, std = float(data.get("mean", 0.5)), float(data.get("std", 0.5))
+    # The run's own preprocessing (channels, gray, data.intensity, mean/std), as in training.
+    preprocess = Preprocess.from_data_config(stored.data)
     threshold = float(module.hparams.threshold)
     crop = OmegaConf.select(cfg, "data.eval_crop")  # trainer=debug: the central square only
     torch.manual_seed(int(cfg.seed))
@@ -146,22 +146,26 @@ def predict_folder(cfg: DictConfig, out: Path | None = None) -> list[dict[str, A
     skipped: list[str] = []
     for stem, path in track(list(images.items()), description="predicting"):
         try:
-            image = read_image(path, channels, gray_from)
-            image = center_crop(image, int(crop)) if crop else image
+            x = preprocess(path)  # (C, H, W)
+            if crop:  # trainer=debug: the central square, as eval's data.eval_crop
+                h, w = x.shape[-2:]
+                top, left = max(0, (h - int(crop)) // 2), max(0, (w - int(crop)) // 2)
+                x = x[:, top: top + int(crop), left: left + int(crop)]
+            x = x[None].to(device)
         except (DataError, ValueError) as exc:  # one unreadable file must not lose the rest
             log.error("skipped %s", exc)
             skipped.append(path.name)
             continue
-        x = torch.from_numpy((image.transpose(2, 0, 1) - mean) / std).float()[None].to(device)
         start = time.perf_counter()
-        pred = module(x)
+        with sampling_progress():  # a bar for long sampling loops (e.g. 1000-step DDPM)
+            pred = module(x)
         seconds = time.perf_counter() - start
         save_prediction_pngs(out, stem, pred.probs[0], None if pred.uncertainty is None
                              else pred.uncertainty[0], threshold)
         binary = (pred.probs[0, 0] > threshold).cpu().numpy()
         b0, b1 = betti_numbers(binary)
-        row: dict[str, Any] = {"name": path.name, "height": image.shape[0],
-                               "width": image.shape[1], "vessel_fraction": float(binary.mean()),
+        row: dict[str, Any] = {"name": path.name, "height": x.shape[-2],
+                               "width": x.shape[-1], "vessel_fraction": float(binary.mean()),
                                "betti0": b0, "betti1": b1, "nfe": pred.nfe,
                                "seconds": round(seconds, 4)}
         if pred.samples is not None and pred.samples.shape[1] > 1:
@@ -182,7 +186,7 @@ def predict_folder(cfg: DictConfig, out: Path | None = None) -> list[dict[str, A
     return rows
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def _hydra_main(cfg: DictConfig) -> None:
     with exit_on_user_error(log):
         predict_folder(cfg, Path(HydraConfig.get().runtime.output_dir))

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from segflow.atomic import AtomicCheckpointIO, write_json
+from segflow.callbacks.logger_media import build_loggers, log_config
 from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError, exit_on_user_error
@@ -105,7 +106,7 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = resume_checkpoint(cfg, child)
     datamodule, module, trainer, interrupt = build_run(cfg, run_dir)
-    eff = log_setup(cfg, trainer, run_dir)
+    eff = log_setup(cfg, trainer, run_dir, datamodule, module)
     fp = fingerprint(cfg)
     log.info("experiment %s, config fingerprint %s%s", cfg.experiment_name, fp,
              f", resuming {ckpt_path}" if ckpt_path else "")
@@ -142,17 +143,22 @@ def build_run(cfg: DictConfig, run_dir: Path
     module = instantiate(cfg.model)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
     module.method = debug_sampling(module.method, cfg, log)  # trainer=debug only
-    interrupt = InterruptCheckpoint()
+    interrupt = InterruptCheckpoint(int(cfg.get("stop_check_every", 16)))
     callbacks = [*build_many(cfg.get("callbacks")), ExactResume(), interrupt]
-    loggers = build_many(cfg.get("logger"))
+    loggers = build_loggers(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False,
                             default_root_dir=str(run_dir))
     return datamodule, module, trainer, interrupt
 
 
-def log_setup(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path) -> int:
-    """Log the run folder and the effective batch size (also as logger hyper-parameters);
-    returns the effective batch size."""
+def log_setup(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path, datamodule: Any,
+              module: Any) -> int:
+    """Log the run folder, the effective batch size (also as logger hyper-parameters) and
+    the resolved config; write ``preprocess.json`` (what eval/predict apply too); returns
+    the effective batch size."""
+    preprocess = getattr(datamodule, "preprocess", None)
+    if preprocess is not None and trainer.global_rank == 0:
+        write_json(run_dir / "preprocess.json", preprocess.as_dict())
     eff = effective_batch_size(cfg, trainer)
     log.info("run folder: %s", run_dir)
     log.info("effective batch size = train_bs %d x num_samples_per_image %d x world size %d "
@@ -167,8 +173,9 @@ def log_setup(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path) -> int:
                             "num_samples_per_image": cfg.data.num_samples_per_image,
                             "image_size": cfg.data.image_size,
                             "precision": str(cfg.trainer.precision)})
+    if trainer.global_rank == 0:
+        log_config(trainer.loggers, module.run_config)
     return eff
-
 
 def _checkpoints(trainer: pl.Trainer) -> tuple[str, Path | None]:
     """(best checkpoint or "", last.ckpt or None) of the run."""
@@ -243,7 +250,7 @@ def _stop_cleanly(cfg: DictConfig, trainer: pl.Trainer | None,
         sys.exit(0 if is_ddp_child() else 128 + int(signum))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the objective for Hydra sweepers (validation Dice, else test Dice)."""
     with exit_on_user_error(log):

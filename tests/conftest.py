@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "segflow" / "conf"
 
 # Small enough for 2 CPU cores: 64 px synthetic images, 32 px crops, 4-channel nets.
 TINY = [

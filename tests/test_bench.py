@@ -69,7 +69,10 @@ def test_bench_smallest_setting_writes_json_and_markdown(workdir):
     assert "'nosuchmodel' is not in conf/model/" in notes
     assert "tiny_a: no key model.net.base_channels" in notes  # the `all` override applies where it can
 
-    # Training: one row per preset; FLOPs counted, backward costs more than forward.
+    # Training: two rows per preset (without / with the weight EMA); FLOPs counted,
+    # backward costs more than forward.
+    assert sorted((r["model"], r["ema"]) for r in result["train"]) == [
+        (m, e) for m in ("tiny_a", "tiny_b", "unet") for e in (False, True)]
     train = {r["model"]: r for r in result["train"]}
     assert sorted(train) == ["tiny_a", "tiny_b", "unet"]
     for row in train.values():
@@ -116,7 +119,7 @@ def test_bench_smallest_setting_writes_json_and_markdown(workdir):
     md = (run / "bench.md").read_text()
     for heading in ["# segflow benchmark — quick mode", "## Training throughput",
                     "## Sampling cost vs NFE", "**tiny_b / tiny_a wall-clock ratio**",
-                    "## Data loader", "| unet | 32 | 2 | 32-true |"]:
+                    "## Data loader", "| unet | 32 | 2 | 32-true | no | no | yes |"]:
         assert heading in md, heading
     assert "## Training throughput" in proc.stdout  # the tables are printed too
 

@@ -167,6 +167,7 @@ def test_resume_auto_picks_newest_matching_run(tmp_path, monkeypatch):
 def test_sigterm_under_ddp_stops_every_rank_at_the_same_step(train, all_ranks):
     proc, run = train("trainer.strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                       "trainer.max_epochs=3",
+                      "stop_check_every=1",  # agree after every batch: stop right after step 3
                       "+callbacks.stop._target_=tests.probes.SignalAt",
                       f"+callbacks.stop.signum={int(signal.SIGTERM)}", "+callbacks.stop.step=3",
                       f"+callbacks.stop.all_ranks={all_ranks}", expect_ok=False)

@@ -23,7 +23,7 @@ from segflow.errors import exit_on_user_error
 log = logging.getLogger("segflow.bench")
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     # hydra.mode is Hydra's own bookkeeping; user hydra.* overrides (searchpath) are kept.

@@ -106,7 +106,7 @@ def bench_loader(workers: int, *, source_size: int = 512, n_images: int = 32, cr
     return case
 
 
-FOLDER_YAML = Path(__file__).resolve().parents[2] / "conf" / "data" / "folder.yaml"
+FOLDER_YAML = Path(__file__).resolve().parents[1] / "conf" / "data" / "folder.yaml"
 
 
 def default_augment() -> dict[str, Any]:

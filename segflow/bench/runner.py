@@ -97,17 +97,19 @@ def _train_rows(cfg: DictConfig, modules: dict[str, Any], device: torch.device) 
     t = cfg.train
     rows = []
     for name, module in modules.items():
-        for precision, channels_last, compile_ in itertools.product(t.precision, t.channels_last,
-                                                                     t.compile):
+        emas = [bool(e) for e in t.get("ema", [False])]
+        for precision, channels_last, compile_, ema in itertools.product(
+                t.precision, t.channels_last, t.compile, emas):
             case = bench_training(
                 name, module.net, module.method, image_size=int(t.image_size), batch=int(t.batch),
                 precision=str(precision), channels_last=bool(channels_last),
                 compile=bool(compile_), warmup_steps=int(t.warmup_steps), steps=int(t.steps),
                 device=device, optimizer=module.optimizer_factory,
                 scheduler=module.scheduler_factory, fused_adamw=bool(t.fused_adamw),
-                flops=bool(t.count_flops), peak_tflops=float(cfg.peak_tflops), seed=int(cfg.seed))
-            log.info("train %s %s channels_last=%s compile=%s: %s images/s%s", name, precision,
-                     channels_last, compile_,
+                flops=bool(t.count_flops), peak_tflops=float(cfg.peak_tflops), seed=int(cfg.seed),
+                ema_decay=float(t.get("ema_decay", 0.999)) if ema else None)
+            log.info("train %s %s channels_last=%s compile=%s ema=%s: %s images/s%s", name,
+                     precision, channels_last, compile_, ema,
                      f"{case.images_per_s:.1f}" if case.images_per_s else "—",
                      f" ({case.error})" if case.error else "")
             rows.append(case.as_dict())

@@ -19,6 +19,7 @@ from segflow.bench.timing import (
     reset_peak_memory,
     stopwatch,
 )
+from segflow.callbacks.ema import EMAModel
 from segflow.methods.base import Method
 
 
@@ -33,6 +34,7 @@ class TrainCase(Row):
     channels_last: bool
     compile: bool
     params_m: float
+    ema: bool = False
     images_per_s: float | None = None
     step_ms: float | None = None
     peak_mem_mib: float | None = None
@@ -80,14 +82,15 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
                    optimizer: optim.OptimizerFactory | None = None,
                    scheduler: optim.SchedulerFactory | None = None, fused_adamw: bool = True,
                    flops: bool = True, peak_tflops: float | None = None,
-                   seed: int = 0) -> TrainCase:
+                   seed: int = 0, ema_decay: float | None = None) -> TrainCase:
     """Time ``steps`` optimiser steps (loss, backward, optimiser and LR-schedule step) on
     a fixed synthetic batch, with the run's ``model.optimizer`` / ``model.scheduler``
     (built as training builds them, :mod:`segflow.optim`; None: SegModule's defaults).
     ``fused_adamw`` asks the fused CUDA kernel of optimisers that have one.
 
     No data loading and no Lightning loop: this is the model's compute cost; the loader
-    has its own benchmark. The network is deep-copied so cases do not share weights or
+    has its own benchmark. With ``ema_decay`` each step also updates a weight EMA
+    (:class:`segflow.callbacks.ema.EMAModel`, what ``model.ema_decay`` adds to training). The network is deep-copied so cases do not share weights or
     compiled graphs.
 
     Returns:
@@ -96,7 +99,8 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
     """
     net = copy.deepcopy(net).to(device)
     case = TrainCase(name, image_size, batch, str(precision), bool(channels_last), bool(compile),
-                     params_m=sum(p.numel() for p in net.parameters()) / 1e6)
+                     params_m=sum(p.numel() for p in net.parameters()) / 1e6,
+                     ema=ema_decay is not None)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     try:
@@ -114,6 +118,8 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
         sched = optim.build_scheduler(scheduler or optim.warmup_schedule, opt,
                                       warmup_steps + steps)
         scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(precision) == torch.float16)
+        average = EMAModel(net, ema_decay) if ema_decay is not None else None
+        trained = net  # the EMA follows the eager module (compiled or not, same weights)
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
@@ -123,6 +129,8 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if average is not None:
+                average.update_parameters(trained)
 
         for _ in range(warmup_steps):
             step()

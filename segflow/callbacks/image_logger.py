@@ -1,4 +1,4 @@
-"""TensorBoard image grids of chosen validation images."""
+"""Image grids of chosen validation images, to every logger that keeps images."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 
+from segflow.callbacks.logger_media import log_image_grid
 from segflow.distributed import all_gather_object
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class ValImageLogger(pl.Callback):
         grids = [g for part in all_gather_object(self._grids) for g in part]
         if trainer.global_rank != 0:
             return
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                for name, grid in sorted(grids, key=lambda g: g[0]):
-                    logger.experiment.add_image(f"val_images/{name}", grid, trainer.global_step)
+        for logger in trainer.loggers:  # every logger that keeps images (not CSV)
+            for name, grid in sorted(grids, key=lambda g: g[0]):
+                if not log_image_grid(logger, name, grid, trainer.global_step):
+                    break

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pytorch_lightning.loggers import TensorBoardLogger as _TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from segflow.compat import logger_experiment_if_open
+
 
 class TensorBoardLogger(_TensorBoardLogger):
     """Lightning's TensorBoard logger, kept open between ``fit`` and ``test``.
@@ -16,8 +18,9 @@ class TensorBoardLogger(_TensorBoardLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        if self._experiment is not None:
-            self._experiment.flush()
+        writer = logger_experiment_if_open(self)
+        if writer is not None:
+            writer.flush()
         self.save()
 
     @rank_zero_only

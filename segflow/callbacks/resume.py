@@ -16,6 +16,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from segflow.compat import restart_train_iterator
 from segflow.distributed import all_gather_object
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,9 @@ class ExactResume(Callback):
         started = getattr(sampler, "started_epoch", None)
         if started is None or started == trainer.current_epoch:
             return
-        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)  # Lightning internals
-        if fetcher is None:
+        if not restart_train_iterator(trainer):  # a fresh one reads the restored epoch
             log.warning("cannot restart the training iterator after resume: epoch %d will "
                         "see the data order of epoch %d", trainer.current_epoch, started)
-            return
-        iter(fetcher)  # a fresh iterator: the sampler now reads the restored epoch
 
 
 class InterruptCheckpoint(Callback):
@@ -104,18 +102,28 @@ class InterruptCheckpoint(Callback):
     While fitting, this replaces Lightning's SIGTERM handler: that one broadcasts from
     inside the signal handler and lets each rank stop at its own check, which can leave
     DDP ranks waiting in different collectives when several ranks get the signal (all of
-    them do under ``scancel`` or Ctrl+C). Here a handler only records the signal; at the
-    end of every training batch the ranks agree (one all-reduce of a flag) and all raise
-    Lightning's ``SIGTERMException`` after the same step, so the checkpoint save — a
-    collective — happens once, consistently. A second Ctrl+C interrupts at once, possibly
-    inside a step, so nothing is saved then (the end-of-epoch ``last.ckpt`` is kept).
+    them do under ``scancel`` or Ctrl+C). Here a handler only records the signal; after
+    training batches the ranks agree (one all-reduce of a flag) and all raise Lightning's
+    ``SIGTERMException`` after the same step, so the checkpoint save — a collective —
+    happens once, consistently. On one device the check is a plain Python test after
+    every step; under DDP the flag is all-reduced only every ``check_every`` batches and
+    after an epoch's last batch (reading a reduced flag is a device→host sync that would
+    stall every step), so a DDP run stops at most ``check_every`` steps late. A second
+    Ctrl+C interrupts at once, possibly inside a step, so nothing is saved then (the
+    end-of-epoch ``last.ckpt`` is kept).
+
+    Args:
+        check_every: under DDP, all-reduce the stop flag every this many batches.
 
     Attributes:
         signum: the signal that stopped the run (None while running).
         saved: the checkpoint written on the stop (None if none).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, check_every: int = 16) -> None:
+        if check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {check_every}")
+        self.check_every = int(check_every)
         self.signum: int | None = None
         self.saved: Path | None = None
 
@@ -139,13 +147,23 @@ class InterruptCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        stop = torch.tensor(0.0 if self.signum is None else 1.0, device=pl_module.device)
-        if trainer.world_size > 1:  # every rank runs the same number of training batches
-            stop = trainer.strategy.reduce(stop, reduce_op="max")
-        if float(stop) > 0:
+        if trainer.world_size == 1:  # a Python check: no tensor, no device sync
+            stop = self.signum is not None
+        elif self._due(trainer, batch_idx):  # the same batches on every rank
+            flag = torch.tensor(0.0 if self.signum is None else 1.0, device=pl_module.device)
+            stop = float(trainer.strategy.reduce(flag, reduce_op="max")) > 0
+        else:
+            return
+        if stop:
             if self.signum is None:  # another rank got the signal
                 self.signum = int(signal.SIGTERM)
             raise SIGTERMException()
+
+    def _due(self, trainer: pl.Trainer, batch_idx: int) -> bool:
+        """Whether the ranks agree on stopping after this batch: every ``check_every``
+        batches and after the epoch's last one (every rank runs the same batches)."""
+        last = batch_idx + 1 >= trainer.num_training_batches
+        return last or (batch_idx + 1) % self.check_every == 0
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                      exception: BaseException) -> None:

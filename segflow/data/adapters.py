@@ -140,7 +140,8 @@ def drive(source: Path) -> Found:
 def chase(source: Path, train_ids: tuple[int, int] = (1, 10)) -> Found:
     """CHASE_DB1 (Fraz et al., IEEE TBME 2012): one flat folder of ``Image_01L.jpg`` +
     ``Image_01L_1stHO.png`` (+ ``_2ndHO``). The common split: children 01–10 (20 images)
-    train, 11–14 (8) test. No FOV masks are distributed."""
+    train, 11–14 (8) test. No FOV masks are distributed: ``prepare`` writes thresholded
+    ones (:func:`segflow.data.fov.threshold_fov`), as the literature evaluating on it does."""
     _need_dir(source, "CHASE_DB1 is one folder of Image_NNx.jpg with Image_NNx_1stHO.png")
     imgs, rest = _match(source, r"(?P<id>Image_\d+[LR])\.(jpg|jpeg|png|tif)")
     labs, _ = _match(source, r"(?P<id>Image_\d+[LR])_1stHO\.\w+")

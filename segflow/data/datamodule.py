@@ -19,7 +19,8 @@ from segflow.data.datasets import (
     collate_crops,
     load_split,
 )
-from segflow.data.intensity import check_intensity, normalise_intensity
+from segflow.data.intensity import check_intensity
+from segflow.data.preprocess import Preprocess
 from segflow.data.synthetic import ensure_synthetic
 from segflow.data.transforms import build_train_transform
 from segflow.errors import DataError
@@ -160,6 +161,8 @@ class SegDataModule(pl.LightningDataModule):
         self.augment = dict(augment or {})
         self.mean, self.std = mean, std
         self.intensity = check_intensity(intensity)
+        # The one preprocessing of every image (also what eval and predict use).
+        self.preprocess = Preprocess(channels, gray_from, self.intensity, mean, std)
         self.inference = dict(inference or {})
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.synthetic = dict(synthetic) if synthetic else None
@@ -198,11 +201,11 @@ class SegDataModule(pl.LightningDataModule):
             log.warning("no %s: testing on the validation split", folder)
             self._splits["test"] = self._load("val")
             return self._splits["test"]
+        pre = self.preprocess
         self._splits[split] = load_split(folder, self.image_dir, self.label_dir, self.fov_dir,
-                                         self.channels, self.gray_from)
-        if self.intensity:
-            for s in self._splits[split]:
-                s.image = normalise_intensity(s.image, s.fov, **self.intensity)
+                                         pre.channels, pre.gray_from)
+        for s in self._splits[split]:
+            s.image = pre.adjust(s.image, s.fov)
         log.info("%s: %d images from %s", split, len(self._splits[split]), folder)
         return self._splits[split]
 

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segflow.data.io import IMAGE_EXTS, list_images, read_image, read_mask
+from segflow.data.preprocess import normalise
 from segflow.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def center_crop(array: np.ndarray, size: int) -> np.ndarray:
 def _to_tensors(image: np.ndarray, mask: np.ndarray | None, valid: np.ndarray,
                 mean: float, std: float) -> dict[str, torch.Tensor]:
     out = {
-        "image": torch.from_numpy((image.transpose(2, 0, 1) - mean) / std).float(),
+        "image": normalise(image, mean, std),
         "valid": torch.from_numpy(valid[None].astype(np.float32)),
     }
     if mask is not None:

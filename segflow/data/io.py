@@ -63,8 +63,12 @@ def read_image(path: str | Path, channels: int = 1, gray_from: str = "luma") -> 
         gray_from: how colour becomes one channel: ``luma`` (ITU-R 601) or ``green``
             (the usual choice for fundus images, where vessels contrast best).
     """
-    path = Path(path)
-    img = _to_unit_float(_decode(path))
+    return to_channels(_to_unit_float(_decode(Path(path))), channels, gray_from)
+
+
+def to_channels(img: np.ndarray, channels: int = 1, gray_from: str = "luma") -> np.ndarray:
+    """float32 (H, W) or (H, W, 1|3|4) in [0, 1], RGB(A) order → (H, W, ``channels``): the
+    channel handling of :func:`read_image`, for arrays already in memory."""
     if img.ndim == 3 and img.shape[2] == 4:  # drop alpha
         img = img[..., :3]
     if img.ndim == 3 and img.shape[2] == 1:

@@ -37,9 +37,11 @@ import numpy as np
 
 from segflow.data.adapters import ADAPTERS, SPLITS, Found, Pair, find_pairs
 from segflow.data.datasets import load_split
+from segflow.data.fov import DERIVED_FOV, FOV_RULE
 from segflow.data.io import decode_image, read_mask_counted
 from segflow.data.ownership import check_dest, inspect_dest, install
 from segflow.errors import DataError
+from segflow.progress import bar
 
 log = logging.getLogger("segflow.prepare")
 
@@ -87,7 +89,7 @@ def _validate(pair: Pair) -> Checked:
 def validate_all(found: Found) -> tuple[list[Checked], list[str]]:
     """Validate every pair; return the good ones and one message per bad one."""
     good, problems = [], []
-    for pair in found.pairs:
+    for pair in bar(found.pairs, "checking pairs", unit="pair"):
         try:
             good.append(_validate(pair))
         except DataError as exc:
@@ -118,9 +120,22 @@ def _write_png(path: Path, arr: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def add_derived_fov(kind: str, checked: list[Checked]) -> None:
+    """Datasets that distribute no FOV masks (CHASE_DB1) get the thresholded one of
+    :func:`segflow.data.fov.threshold_fov` as ``fov``."""
+    rule = DERIVED_FOV.get(kind)
+    if rule is None:
+        return
+    for c in checked:
+        if "fov" not in c.masks:
+            c.masks["fov"] = rule(c.image)
+
+
 def _fingerprint(kind: str, options: dict[str, Any], found: Found) -> str:
     """Identifies the source files (paths, sizes, modification times) and the options."""
-    h = hashlib.sha256(json.dumps([kind, options], sort_keys=True, default=str).encode())
+    derived = FOV_RULE if kind in DERIVED_FOV else None
+    h = hashlib.sha256(json.dumps([kind, options, *([derived] if derived else [])],
+                                  sort_keys=True, default=str).encode())
     for pair in found.pairs:
         for path in (pair.image, pair.label, pair.fov, *pair.extra.values()):
             if path is not None:
@@ -181,6 +196,7 @@ def check(kind: str, source: str | Path, **options: Any) -> dict[str, Any]:
     found = find_pairs(kind, source, **adapter_options(kind, options))
     checked, problems = validate_all(found)
     _raise_problems(problems)
+    add_derived_fov(kind, checked)
     return {"kind": kind, "source": str(Path(source).resolve()), **_summary(checked),
             "skipped": found.skipped}
 
@@ -223,13 +239,14 @@ def prepare(kind: str, source: str | Path, dest: str | Path, force: bool = False
         return {**old, "up_to_date": True, "kept_edited": state.edited}
     checked, problems = validate_all(found)
     _raise_problems(problems)
+    add_derived_fov(kind, checked)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.parent / f".{dest.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         files = []
-        for c in checked:
+        for c in bar(checked, f"writing {dest.name}", unit="pair"):
             split, stem = c.pair.split, c.pair.stem
             digests = {f"{split}/image/{stem}.png": _write_png(staging / split / "image" / f"{stem}.png", c.image)}
             for name, mask in c.masks.items():
@@ -245,6 +262,7 @@ def prepare(kind: str, source: str | Path, dest: str | Path, force: bool = False
                 load_split(staging / split, fov_dir="fov")
         manifest = {"format": FORMAT, "kind": kind, "source": str(source.resolve()),
                     "options": opts, "fingerprint": fingerprint, **_summary(checked),
+                    **({"fov_rule": FOV_RULE} if kind in DERIVED_FOV else {}),
                     "skipped": found.skipped, "files": files}
         kept = install(staging, dest, manifest, state, force)
     except BaseException:

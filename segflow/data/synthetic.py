@@ -25,6 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from segflow.progress import counter
+
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
@@ -213,10 +215,12 @@ def ensure_synthetic(root: str | Path, kind: str = "xca", seed: int = 0, image_s
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp", dir=root.parent))
     try:
         index = 0
+        progress = counter(n_train + n_val + n_test, f"synthetic {kind} -> {root.name}", "image")
         for split, count in (("train", n_train), ("val", n_val), ("test", n_test)):
             (tmp / split / "image").mkdir(parents=True)
             (tmp / split / "label").mkdir(parents=True)
             for _ in range(count):
+                progress.update(1)
                 # One generator per image: image i is the same whatever the split sizes before it.
                 rng = np.random.default_rng([seed, index])
                 image, mask = GENERATORS[kind](rng, image_size, **(options or {}))
@@ -224,6 +228,7 @@ def ensure_synthetic(root: str | Path, kind: str = "xca", seed: int = 0, image_s
                 cv2.imwrite(str(tmp / split / "image" / name), np.round(image * 255).astype(np.uint8))
                 cv2.imwrite(str(tmp / split / "label" / name), mask * 255)
                 index += 1
+        progress.close()
         (tmp / "manifest.json").write_text(json.dumps(params, indent=2))
         try:
             os.rename(tmp, root)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from segflow.progress import sampling_steps
+
 VelocityFn = Callable[[Tensor, float], Tensor]
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "heun")
 SOLVERS = (*FIXED_STEP_SOLVERS, "dopri5")
@@ -35,7 +37,7 @@ class CountingFn:
 
 def _fixed(f: VelocityFn, x: Tensor, t0: float, t1: float, steps: int, solver: str) -> Tensor:
     h = (t1 - t0) / steps
-    for i in range(steps):
+    for i in sampling_steps(range(steps), f"{solver} ODE"):
         t = t0 + i * h  # from the index, not accumulated, so the grid has no drift
         if solver == "euler":
             x = x + h * f(x, t)

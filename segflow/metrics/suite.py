@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from segflow.metrics.auc import ExactAUC
 from segflow.metrics.calibration import CalibrationError
 from segflow.metrics.distance import HD95
 from segflow.metrics.ensemble import EnsembleTopologySpread
@@ -21,7 +22,9 @@ class EvalMetrics(nn.Module):
     reduction is exact; see each class for its aggregation):
 
     * ``pixel`` — :class:`VesselMetrics`: Dice, IoU, sensitivity, specificity, accuracy,
-      precision (dataset-level and per image), AUC-ROC;
+      precision (dataset-level and per image);
+    * ``auc`` — :class:`~segflow.metrics.auc.ExactAUC`: the exact, rank-based ROC AUC
+      (it replaces ``pixel``'s 1,000-bin histogram AUC, which validation keeps);
     * ``calibration`` — :class:`CalibrationError`: ECE, MCE;
     * ``cldice`` — :class:`ClDice` (dataset-level and per image);
     * ``betti`` — :class:`BettiErrors` (β0 / β1 errors, per image);
@@ -30,7 +33,7 @@ class EvalMetrics(nn.Module):
 
     Args:
         threshold: probability above which a pixel is foreground.
-        auc_bins: histogram bins of the AUC.
+        auc_bins: histogram bins of ``pixel``'s AUC (not reported: the exact one is).
         ece_bins: probability bins of the ECE.
         topology: include clDice, Betti errors, HD95 and the ensemble spread (CPU work
             per image: skeletons, labelling, distance transforms).
@@ -41,6 +44,7 @@ class EvalMetrics(nn.Module):
         super().__init__()
         self.pixel = VesselMetrics(threshold, auc_bins)
         self.calibration = CalibrationError(ece_bins)
+        self.auc = ExactAUC()  # registered after pixel: its "auc" replaces the binned one
         self.topology = topology
         if topology:
             self.cldice = ClDice(threshold)
@@ -62,6 +66,7 @@ class EvalMetrics(nn.Module):
         members: list[Any] = [self.pixel]
         self.pixel.update(probs, mask, valid)
         self.calibration.update(probs, mask, valid)
+        self.auc.update(probs, mask, valid)
         if self.topology:
             for metric in (self.cldice, self.betti, self.hd95):
                 metric.update(probs, mask, valid)

@@ -24,6 +24,7 @@ from segflow.methods.diffusion.schedule import (
     x0_eps_of,
 )
 from segflow.methods.losses import masked_mean, soft_dice_loss
+from segflow.progress import sampling_steps
 
 
 class Diffusion(GenerativeMethod):
@@ -155,7 +156,8 @@ class Diffusion(GenerativeMethod):
         solver = DPMSolverPP2M(len(grid), bool(self.lower_order_final)) \
             if self.sampler == "dpm_solver" else None
         x = noise.float()
-        for i, step in enumerate(grid):
+        steps = sampling_steps(enumerate(grid), f"{self.sampler} sampling", total=len(grid))
+        for i, step in steps:
             x0, eps = self.denoise(net, x, step, image)
             ab = self.schedule.alpha_bar(step)
             ab_next = self.schedule.alpha_bar(grid[i + 1] if i + 1 < len(grid) else None)

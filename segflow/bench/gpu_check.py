@@ -1,0 +1,245 @@
+"""``python -m segflow.bench.gpu_check`` (``make gpu-check``): one prepared GPU check.
+
+Runs, each under its own time limit (about 8 minutes in all on one GPU):
+
+1. ``bench``      — every model preset at full size in bf16-mixed and 32-true, without and
+   with the weight EMA (``python -m segflow.bench bench=full models=all``: step time,
+   images/s, MFU), and sampling cost vs NFE;
+2. ``ddp``        — ``trainer=ddp`` on every visible GPU, a short synthetic run;
+3. ``drive_csnet_gpu`` — the DRIVE experiment, shortened (DRIVE is prepared from
+   ``$SEGFLOW_SHARED_DATA/DRIVE`` or ``../shared/data/DRIVE`` when ``data/drive`` is missing;
+   skipped with a note when neither exists);
+4. ``flow``, ``medsegdiff`` — the full generative presets for a few hundred steps.
+
+Writes ``gpu_check.json`` and ``gpu_check.md`` (one table of the steps, one of the
+benchmark rows) to ``--out`` (default ``<output_root>/gpu_check/<time>``) and prints the
+Markdown. ``--dry-run`` only composes every step's config (in-process, with Hydra's
+compose API), which is what CI checks; ``--only ddp,flow`` runs a subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Common overrides of the training steps: no TensorBoard images, CSV metrics only.
+TRAIN_COMMON = ["logger=csv", "model.log_image_enabled=false",
+                "++trainer.enable_progress_bar=false"]
+
+
+@dataclass
+class Step:
+    """One check: a ``python -m <module> <args>`` with a time limit."""
+
+    name: str
+    module: str
+    args: list[str]
+    timeout_s: int
+    needs: str | None = None  # "drive": the DRIVE data must be there
+    status: str = "not run"
+    seconds: float | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def command(self, out: Path) -> list[str]:
+        pin = f"hydra.run.dir={out / self.name}"  # a known folder for each step's files
+        return [sys.executable, "-m", self.module, *self.args, pin]
+
+
+def default_steps() -> list[Step]:
+    short_gen = ["data=synthetic_xca", "trainer=gpu", "trainer.precision=bf16-mixed",
+                 "trainer.max_epochs=1000", "++trainer.max_steps=300",
+                 "trainer.check_val_every_n_epoch=null", "++trainer.val_check_interval=300",
+                 "test_after_fit=false", *TRAIN_COMMON]
+    return [
+        Step("bench", "segflow.bench",
+             ["bench=full", "models=all", "train.channels_last=[true]", "train.steps=10",
+              "sampling.max_seconds=20", "sampling.n_samples=[1,5]", "loader.enabled=false"], 200),
+        Step("ddp", "segflow.train",
+             ["trainer=ddp", "model=unet", "data=synthetic_xca", "trainer.precision=bf16-mixed",
+              "trainer.max_epochs=3", "experiment_name=gpu_check_ddp", *TRAIN_COMMON], 70),
+        Step("drive_csnet_gpu", "segflow.train",
+             ["experiment=drive_csnet_gpu", "trainer.max_epochs=40",
+              "trainer.check_val_every_n_epoch=20", *TRAIN_COMMON], 90, needs="drive"),
+        Step("flow", "segflow.train", ["model=flow", "experiment_name=gpu_check_flow", *short_gen],
+             60),
+        Step("medsegdiff", "segflow.train",
+             ["model=medsegdiff", "experiment_name=gpu_check_medsegdiff", *short_gen], 60),
+    ]
+
+
+def ensure_drive() -> str | None:
+    """``data/drive`` (``$SEGFLOW_DATA_DIR/drive``) prepared from the shared DRIVE download
+    when missing; None when it is there, else a note saying why the step is skipped."""
+    data = Path(os.environ.get("SEGFLOW_DATA_DIR", "data")) / "drive"
+    if (data / "train").is_dir():
+        return None
+    shared = Path(os.environ.get("SEGFLOW_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
+    if not (shared / "DRIVE").is_dir():
+        return f"no DRIVE data: neither {data} nor {shared / 'DRIVE'} exists"
+    from segflow.data.prepare import prepare
+
+    prepare("drive", shared / "DRIVE", data)
+    return None
+
+
+def _train_result(folder: Path) -> dict[str, Any]:
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
+        return {}
+    m = json.loads(metrics.read_text())
+    steps, secs = m.get("global_step") or 0, m.get("fit_seconds") or 0
+    out = {"global_step": steps, "fit_seconds": secs,
+           "steps_per_s": round(steps / secs, 2) if secs else None,
+           "effective_batch_size": m.get("effective_batch_size"),
+           "best_val_dice": m.get("best_val_dice")}
+    if m.get("test"):
+        out["test_dice"] = m["test"].get("dice")
+    return out
+
+
+def _bench_rows(folder: Path) -> list[dict[str, Any]]:
+    found = sorted(folder.rglob("bench.json"))
+    if not found:
+        return []
+    return json.loads(found[-1].read_text()).get("train", [])
+
+
+#: The primary config of each entry point.
+CONFIG_NAMES = {"segflow.train": "train", "segflow.bench": "bench"}
+
+
+def compose_only(step: Step) -> None:
+    """Compose the step's config in this process (what ``--dry-run`` checks): every
+    override must exist and every config group option must be found."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from segflow.bench.presets import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name=CONFIG_NAMES[step.module], overrides=step.args)
+        step.status = "composed"
+        if step.module == "segflow.train":
+            step.result["model"] = str(cfg.model.get("name"))
+            step.result["trainer"] = {k: cfg.trainer.get(k) for k in (
+                "accelerator", "devices", "strategy", "precision", "max_epochs")}
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        step.status, step.note = "failed to compose", str(exc).splitlines()[0][:300]
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def run_steps(steps: list[Step], out: Path, dry_run: bool) -> None:
+    for step in steps:
+        cmd = step.command(out)
+        step.result["command"] = "python " + " ".join(shlex.quote(c) for c in cmd[1:])
+        if dry_run:
+            compose_only(step)
+            continue
+        if step.needs == "drive":
+            note = ensure_drive()
+            if note:
+                step.status, step.note = "skipped", note
+                continue
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=step.timeout_s)
+            ok = proc.returncode == 0
+            step.status = "ok" if ok else f"failed (exit {proc.returncode})"
+            if not ok:
+                lines = [ln for ln in (proc.stderr + proc.stdout).splitlines()
+                         if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
+                step.note = (lines[-1] if lines else "")[:300]
+        except subprocess.TimeoutExpired:
+            step.status, step.note = "timed out", f"over {step.timeout_s} s"
+        step.seconds = round(time.perf_counter() - start, 1)
+        if step.module == "segflow.train":
+            step.result.update(_train_result(out / step.name))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown(steps: list[Step], bench_rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [f"# segflow GPU check — {meta['time']}", "",
+             f"- device: {meta['device']}; torch {meta['torch']}, pytorch-lightning "
+             f"{meta['lightning']}; {'dry run (configs composed only)' if meta['dry_run'] else ''}",
+             "", "| step | status | seconds | steps | steps/s | best val Dice | note |",
+             "|---|---|---|---|---|---|---|"]
+    for s in steps:
+        r = s.result
+        lines.append(f"| {s.name} | {s.status} | {_fmt(s.seconds)} | {_fmt(r.get('global_step'))} "
+                     f"| {_fmt(r.get('steps_per_s'))} | {_fmt(r.get('best_val_dice'))} | {s.note} |")
+    if bench_rows:
+        lines += ["", "## Training step per preset (bench=full)", "",
+                  "| model | precision | EMA | batch x size | step (ms) | images/s | MFU | note |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in bench_rows:
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "—"
+            lines.append(f"| {r['model']} | {r['precision']} | {r.get('ema', False)} | "
+                         f"{r['batch']} x {r['image_size']} | {_fmt(r.get('step_ms'))} | "
+                         f"{_fmt(r.get('images_per_s'))} | {mfu} | {r.get('error') or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m segflow.bench.gpu_check",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="output folder (default <output_root>/gpu_check/<time>)")
+    p.add_argument("--dry-run", action="store_true", help="compose every step's config only")
+    p.add_argument("--only", help="comma-separated step names (bench,ddp,drive_csnet_gpu,flow,"
+                                  "medsegdiff)")
+    args = p.parse_args(argv)
+    import pytorch_lightning as pl
+    import torch
+
+    steps = default_steps()
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {s.name for s in steps}
+        if unknown:
+            p.error(f"--only: unknown step(s) {sorted(unknown)}")
+        steps = [s for s in steps if s.name in wanted]
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    out = Path(args.out or Path(os.environ.get("SEGFLOW_OUTPUT_DIR", "outputs")) / "gpu_check"
+               / stamp).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu-check needs a CUDA GPU (none is visible); --dry-run composes the configs",
+              file=sys.stderr)
+        return 2
+    device = (f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+              if torch.cuda.is_available() else "cpu (dry run)")
+    meta = {"time": stamp, "device": device, "torch": torch.__version__,
+            "lightning": pl.__version__, "dry_run": bool(args.dry_run)}
+    run_steps(steps, out, args.dry_run)
+    bench_rows = [] if args.dry_run else _bench_rows(out / "bench")
+    (out / "gpu_check.json").write_text(json.dumps(
+        {"meta": meta, "steps": [asdict(s) for s in steps], "bench_train": bench_rows}, indent=1))
+    md = markdown(steps, bench_rows, meta)
+    (out / "gpu_check.md").write_text(md)
+    print(md)
+    print(f"written: {out / 'gpu_check.json'}, {out / 'gpu_check.md'}")
+    bad = [s.name for s in steps if s.status not in ("ok", "composed", "skipped")]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The Python API (segflow.load_run, Run.predict, SegModule.load_from_checkpoint) and the one
+preprocessing: predict's probabilities equal eval's for a CLAHE dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import segflow
+from segflow.data.preprocess import Preprocess
+from segflow.eval import build_datamodule, load_for_eval
+from segflow.lit_module import SegModule
+from segflow.outputs import to_uint8
+from segflow.predict import predict_folder
+
+from conftest import TINY, run_dirs, run_entry
+
+
+@pytest.fixture(scope="session")
+def clahe_run(tmp_path_factory):
+    """A tiny U-Net trained on synthetic data with CLAHE (data.intensity.clahe)."""
+    work = tmp_path_factory.mktemp("clahe_run")
+    (work / "outputs").mkdir()
+    (work / "data").mkdir()
+    proc = run_entry("segflow.train", [*TINY, "trainer=debug", "trainer.max_epochs=1",
+                                       "+data.intensity.clahe=2.0", "experiment_name=clahe"], work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = run_dirs(work)
+    return run
+
+
+def _eval_probs(run) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Per test image: the probabilities segflow.eval's Trainer computes (same path)."""
+    cfg = OmegaConf.create({"run_dir": str(run), "which": "best", "weights": "ema", "model": {}})
+    module, stored, _ = load_for_eval(cfg)
+    datamodule, _ = build_datamodule(OmegaConf.create({}), stored, "test")
+    datamodule.setup("test")
+    probs, files = {}, {}
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            pred = module(batch["image"], module.eval_generator(batch))
+            for i, name in enumerate(batch["name"]):
+                probs[name] = pred.probs[i, 0].numpy()
+                files[name] = str(datamodule.split_dirs["test"] / datamodule.image_dir / name)
+    return probs, files
+
+
+def test_predict_equals_eval_on_a_clahe_dataset(clahe_run, tmp_path):
+    assert (clahe_run / "preprocess.json").is_file()
+    expected, files = _eval_probs(clahe_run)
+    run = segflow.load_run(clahe_run)
+    assert run.preprocess.intensity == {"clahe": 2.0}
+    for name, probs in expected.items():
+        got = run.predict(files[name])
+        assert got.probabilities.shape == probs.shape
+        assert np.abs(got.probabilities - probs).max() <= 1e-6, name
+        assert np.array_equal(got.mask, probs > run.threshold)
+        assert got.uncertainty is None  # one-pass model
+    # Without the run's CLAHE the model would see other pixels (what predict used to do).
+    name = next(iter(expected))
+    plain = Preprocess(run.preprocess.channels, run.preprocess.gray_from, {}, 0.5, 0.5)
+    other = run.predict_tensor(plain(files[name])[None]).probs[0, 0].numpy()
+    assert np.abs(other - expected[name]).max() > 1e-3
+    # segflow.predict (the command) writes the same probabilities.
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / name).write_bytes(open(files[name], "rb").read())
+    cfg = OmegaConf.create({"run_dir": str(clahe_run), "input_dir": str(inp),
+                            "output_dir": str(tmp_path / "out"), "which": "best",
+                            "weights": "ema", "device": "cpu", "seed": 0, "model": {}})
+    predict_folder(cfg)
+    import cv2
+
+    png = cv2.imread(str(tmp_path / "out" / f"{name.rsplit('.', 1)[0]}_prob.png"),
+                     cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(png, to_uint8(torch.from_numpy(expected[name])))
+
+
+def test_load_run_accepts_arrays_checkpoints_and_segmodule_loads(clahe_run):
+    ckpt = next((clahe_run / "checkpoints").glob("*.ckpt"))
+    run = segflow.load_run(ckpt, threshold=0.3)
+    assert run.threshold == 0.3 and run.checkpoint == ckpt
+    rng = np.random.default_rng(0)
+    gray = (rng.random((40, 52)) * 255).astype(np.uint8)
+    out = run.predict(gray)
+    assert out.probabilities.shape == out.mask.shape == (40, 52)
+    assert np.array_equal(out.probabilities, run.predict(np.repeat(gray[..., None], 3, 2)
+                                                         ).probabilities)  # gray = RGB of it
+    assert np.array_equal(out.mask, out.probabilities > 0.3)
+    with pytest.raises(ValueError, match="not one of|no sampling setting"):
+        run.predict(gray, steps=4)  # a one-pass model has no sampling settings
+    module = SegModule.load_from_checkpoint(ckpt)
+    assert isinstance(module, SegModule) and not module.training
+    ref = run.module.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in module.state_dict().items())
+
+
+def test_load_run_of_a_generative_model_gives_uncertainty(tiny_runs):
+    run = segflow.load_run(tiny_runs.get("toy_flow"))
+    before = dict(run.sampling_settings)
+    image = (np.random.default_rng(1).random((32, 32)) * 255).astype(np.uint8)
+    out = run.predict(image, n_samples=3)
+    assert out.samples.shape == (3, 32, 32) and out.uncertainty.shape == (32, 32)
+    assert np.isfinite(out.uncertainty).all() and (out.uncertainty >= 0).all()
+    again = run.predict(image, n_samples=3)  # seeded: reproducible
+    assert np.array_equal(out.probabilities, again.probabilities)
+    assert run.sampling_settings == before  # the call's settings do not stick

@@ -1,0 +1,50 @@
+"""The Makefile: `make train` / `make test` alone work from a fresh clone (they create the
+venv first), `make help` lists the targets."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _make(folder: Path, *args: str) -> str:
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(folder), *args],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("target", ["train", "test"])
+def test_train_and_test_create_the_venv_when_missing(tmp_path, target):
+    shutil.copy(ROOT / "Makefile", tmp_path)
+    lines = _make(tmp_path, "-n", target).splitlines()
+    assert lines[0] == "python3 -m venv .venv", lines
+    assert lines[1].startswith(".venv/bin/pip install -e"), lines
+    assert lines[2].startswith(".venv/bin/python -m "), lines
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").touch()
+    lines = _make(tmp_path, "-n", target).splitlines()
+    assert lines[0].startswith(".venv/bin/python -m "), lines  # present: used as is
+
+
+def test_another_python_is_used_without_a_venv(tmp_path):
+    shutil.copy(ROOT / "Makefile", tmp_path)
+    out = _make(tmp_path, "-n", "test", "PY=/usr/bin/python3")
+    assert "venv" not in out and out.startswith("/usr/bin/python3 -m pytest")
+
+
+def test_help_lists_every_documented_target():
+    text = (ROOT / "Makefile").read_text()
+    documented = re.findall(r"^([a-zA-Z_-]+):[^\n]*## ", text, flags=re.M)
+    out = _make(ROOT, "help")
+    for target in documented:
+        assert re.search(rf"^  make {re.escape(target)}\s+\S", out, flags=re.M), target
+    assert {"train", "test", "help", "bench", "install"} <= set(documented)
