@@ -138,7 +138,7 @@ def load_run(path: str | Path, which: str = "best", weights: str = "ema",
     Raises:
         segflow.errors.ConfigError: no checkpoint there, or not one written by segflow.
     """
-    from segflow.eval import load_for_eval
+    from segflow.runs.checkpoints import load_for_eval
 
     cfg = OmegaConf.create({"run_dir": str(path), "which": which, "weights": weights,
                             "model": {}})

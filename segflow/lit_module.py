@@ -205,11 +205,11 @@ class SegModule(pl.LightningModule):
 
         The network and method are not hyper-parameters (they are objects), so Lightning's
         generic loader cannot rebuild them; this one rebuilds them from the run config
-        stored in the checkpoint (:func:`segflow.config.load_module`). ``model_overrides``
+        stored in the checkpoint (:func:`segflow.runs.checkpoints.load_module`). ``model_overrides``
         are dotted keys merged into the stored model config (e.g. ``threshold=0.4``).
         Returns the module in eval mode, on ``map_location`` (a device) when given.
         """
-        from segflow.config import load_module
+        from segflow.runs.checkpoints import load_module
 
         module, _ = load_module(checkpoint_path, "best", model_overrides)
         if map_location is not None and not callable(map_location) and not isinstance(

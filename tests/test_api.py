@@ -10,10 +10,11 @@ from omegaconf import OmegaConf
 
 import segflow
 from segflow.data.preprocess import Preprocess
-from segflow.eval import build_datamodule, load_for_eval
+from segflow.eval import build_datamodule
 from segflow.lit_module import SegModule
-from segflow.outputs import to_uint8
 from segflow.predict import predict_folder
+from segflow.runs.checkpoints import load_for_eval
+from segflow.runs.results import to_uint8
 
 from conftest import TINY, run_dirs, run_entry
 

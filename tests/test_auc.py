@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from segflow.data.fov import threshold_fov
-from segflow.data.prepare import prepare
+from segflow.data.layout import prepare
 from segflow.metrics import EvalMetrics, ExactAUC, VesselMetrics, rank_auc
 
 

@@ -499,7 +499,7 @@ def test_log_image_names_naming_no_image_is_a_warning(caplog):
 
 
 def test_predict_bad_device_is_one_sentence(capsys, caplog, tmp_path):
-    from segflow.predict import pick_device
+    from segflow.inference import resolve_device as pick_device
 
     case = Case("predict device=gpu0", lambda w: pick_device("gpu0"), 2,
                 "device=gpu0 is not a device; use auto, cpu, cuda or cuda:<index>")

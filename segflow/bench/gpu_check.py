@@ -85,7 +85,7 @@ def ensure_drive() -> str | None:
     shared = Path(os.environ.get("SEGFLOW_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
     if not (shared / "DRIVE").is_dir():
         return f"no DRIVE data: neither {data} nor {shared / 'DRIVE'} exists"
-    from segflow.data.prepare import prepare
+    from segflow.data.layout import prepare
 
     prepare("drive", shared / "DRIVE", data)
     return None

@@ -34,7 +34,7 @@ EXTRAS = {"MLFlowLogger": ("mlflow", "mlflow"), "WandbLogger": ("wandb", "wandb"
 def build_loggers(group: Any) -> list[Any]:
     """Instantiate the ``logger`` group; a logger whose package is not installed becomes one
     :class:`ConfigError` saying what to install."""
-    from segflow.config import build_many
+    from segflow.runs.logs import build_many
 
     try:
         return build_many(group)
