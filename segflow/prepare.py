@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="the dataset as downloaded (unpacked)")
     p.add_argument("dest", nargs="?", help="output folder (not needed with --check)")
     p.add_argument("--check", action="store_true", help="validate every pair; write nothing")
-    p.add_argument("--force", action="store_true", help="rebuild even if dest is up to date")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild even if dest is up to date, replacing outputs edited since "
+                        "(refused while dest holds files segflow did not write)")
     g = p.add_argument_group("dataset options")
     g.add_argument("--subset", help="octa500: 3M (default) or 6M")
     g.add_argument("--projection", help="octa500: ProjectionMaps folder (default 'OCTA(FULL)')")
