@@ -173,7 +173,10 @@ def train(models: str, data: str, name: str, overrides: list[str]) -> list[Path]
     before = set(find_runs(sweep_folder(name)))
     _run([sys.executable, "-m", "segflow.train", "-m", f"model={models}", f"data={data}",
           f"sweep_name={name}", *overrides])
-    return [r for r in find_runs(sweep_folder(name)) if r not in before]
+    # Only this invocation's models: another comparison may finish runs meanwhile.
+    wanted = set(models.split(","))
+    return [r for r in find_runs(sweep_folder(name)) if r not in before
+            and json.loads((r / "metrics.json").read_text()).get("model") in wanted]
 
 
 def evaluate(runs: list[Path], steps: str, samples: str, overrides: list[str]) -> None:
