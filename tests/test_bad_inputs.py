@@ -33,7 +33,7 @@ from segflow.eval import evaluate
 from segflow.rundirs import claim_dir
 from segflow.runs.checkpoints import open_key_overrides
 
-from conftest import CONF, TINY, run_dirs
+from conftest import CONF, ROOT, TINY, run_dirs
 
 log = logging.getLogger("segflow.test_bad_inputs")
 
@@ -463,7 +463,7 @@ def test_two_runs_started_in_the_same_second_get_two_folders(workdir):
     args = [*TINY, "trainer=debug", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1", "test_after_fit=false", "experiment_name=same"]
     env = {**os.environ, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
-           "SEGFLOW_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(CONF.parent),
+           "SEGFLOW_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(ROOT),
            "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
     # the same timestamp for both, as when two processes start in the same second
     stamp = "hydra.run.dir='${segflow_unique:${paths.output_root}/runs/same/2026-01-01_00-00-00}'"
