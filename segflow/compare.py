@@ -125,7 +125,8 @@ def _row(model: str, run: Path, metrics: dict[str, Any], summary: dict[str, Any]
             "steps": settings.get("steps", ""), "n_samples": settings.get("n_samples", ""),
             "nfe_per_image": metrics.get("nfe_per_image", 1.0),
             "fit_minutes": round(fit / 60.0, 1) if fit is not None else None,
-            "params_m": round(params / 1e6, 3), "spearman_uncertainty_error": rho,
+            "params_m": round(params / 1e6, 3),
+            "spearman_uncertainty_error": "" if rho is None else rho,
             "run": str(run)}
 
 
