@@ -157,10 +157,13 @@ class SegModule(pl.LightningModule):
     def _log_epoch_metrics(self, stage: str, metrics: VesselMetrics) -> dict[str, float]:
         values = metrics.compute()  # reduced over all ranks: identical everywhere
         metrics.reset()
+        # Plain floats (one host read per epoch): Lightning puts them on this module's
+        # device, which NCCL needs; some metrics compute on the CPU (topology, exact AUC).
         # sync_dist is a no-op numerically (values already agree) but keeps Lightning's
         # epoch-level reduction contract explicit.
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=True)
-        return {k: float(v) for k, v in values.items()}
+        results = {k: float(v) for k, v in values.items()}
+        self.log_dict({f"{stage}/{k}": v for k, v in results.items()}, sync_dist=True)
+        return results
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val", self.val_metrics)

@@ -97,8 +97,8 @@ def test_every_preset_runs_end_to_end_under_trainer_debug(debug_runs, model):
 
 
 def test_eval_and_predict_under_trainer_debug(debug_runs, debug_work, tmp_path):
-    """A generative run (flow_small: 10 Euler steps) evaluated and used for prediction with
-    trainer=debug: 2 images, central 128 px, steps capped to 2, one log line each."""
+    """A generative run (flow_small: an ensemble of 4) evaluated and used for prediction with
+    trainer=debug: 2 images, central 128 px, one member, at most 2 steps, one log line each."""
     run, _ = debug_runs.get("flow_small")
     proc = run_entry("segflow.eval", [f"run_dir={run}", "trainer=debug"], debug_work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -110,7 +110,10 @@ def test_eval_and_predict_under_trainer_debug(debug_runs, debug_work, tmp_path):
     probs = sorted((out / "images").glob("*_prob.png"))
     assert len(probs) == 2 and cv2.imread(str(probs[0]), cv2.IMREAD_UNCHANGED).shape[:2] == (128, 128)
     eval_log = next((run / "eval" / "logs").rglob("eval.log")).read_text()
-    assert "trainer=debug: sampling capped to steps=2 (was steps=10)" in eval_log
+    preset = preset_method("flow_small")
+    assert preset["n_samples"] > CAPS["n_samples"]  # so the cap has something to lower
+    assert (f"trainer=debug: sampling capped to n_samples={CAPS['n_samples']} "
+            f"(was n_samples={preset['n_samples']})") in eval_log
 
     images = debug_work / "data" / "synthetic" / "xca_s0_256px" / "train" / "image"
     assert len(list(images.iterdir())) == 4

@@ -39,3 +39,16 @@ def test_markdown_lists_bench_rows_with_mfu():
     md = gpu_check.markdown(steps, rows, {"time": "t", "device": "1 x GPU", "torch": "2",
                                           "lightning": "2.6", "dry_run": False})
     assert "| flow | bf16-mixed | True | 16 x 320 | 51.2 | 312.5 | 21.5% |  |" in md
+
+
+def test_a_failed_step_is_noted_by_its_error_and_its_output_kept(tmp_path):
+    from segflow.bench.gpu_check import error_line, write_output
+
+    out = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+           "RuntimeError: Expected both inputs to be Half, Float or Double tensors\n\n"
+           "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n"
+           "[segflow][INFO] - shutting down\n")
+    assert error_line(out).startswith("RuntimeError: Expected both inputs")
+    assert error_line("just a line\n\n") == "just a line"
+    write_output(tmp_path / "ddp.log", b"out", "err")
+    assert (tmp_path / "ddp.log").read_text() == "out\n--- stderr ---\nerr"

@@ -72,3 +72,28 @@ def test_shared_blocks_keep_each_networks_parameterisation():
         assert widths48 and all(m.num_groups == groups for m in widths48)
     assert [m.heads for m in adm.modules() if isinstance(m, AttentionBlock)] == [2]
     assert [m.heads for m in msd.modules() if isinstance(m, AttentionBlock)] == [4]
+
+
+def test_every_network_runs_under_bf16_autocast():
+    """trainer.precision=bf16-mixed: every network's forward and backward under bfloat16
+    autocast (CPU here; the same autocast rules as on a GPU). MedSegDiff at a size other
+    than its FF-Parser's stored one, so the frequency map is resized under autocast."""
+    from segflow.networks import ADMConcatUNet, MedSegDiff
+
+    x, t = torch.randn(2, 1, 48, 48), torch.rand(2)
+    nets = {
+        "unet": (UNet(in_channels=1, base_channels=4), lambda n: n(x)),
+        "csnet": (CSNet(in_channels=1, base_channels=4), lambda n: n(x)),
+        "medsegdiff": (MedSegDiff(in_channels=1, base_channels=8, channel_mult=[1, 2],
+                                  attention=True, fft_size=32), lambda n: n(x, t, x)),
+        "flow": (ADMConcatUNet(in_channels=1, model_channels=8, channel_mult=[1, 2],
+                               num_blocks=1, attn_resolutions=[24], image_size=48,
+                               num_head_channels=8), lambda n: n(x, t, x)),
+    }
+    for name, (net, call) in nets.items():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = call(net)
+        assert out.shape == (2, 1, 48, 48) and torch.isfinite(out.float()).all(), name
+        out.float().square().mean().backward()
+        grads = [p.grad for p in net.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), name

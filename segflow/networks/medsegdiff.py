@@ -102,9 +102,13 @@ class FFParser(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Args: x (B, C, H, W). Returns: filtered (B, C, H, W), same dtype."""
         h, w = x.shape[-2:]
-        # FFT in float32: half-precision cuFFT only handles power-of-two sizes.
-        spec = torch.fft.rfft2(x.float(), norm="ortho") * self.attentive_map(h, w)
-        return torch.fft.irfft2(spec, s=(h, w), norm="ortho").to(x.dtype)
+        # FFT in float32, outside autocast: half-precision cuFFT only handles power-of-two
+        # sizes, and under bf16 autocast the map's resize (einsum) would come out in
+        # bfloat16, which torch.complex does not take.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            spec = torch.fft.rfft2(x.float(), norm="ortho") * self.attentive_map(h, w)
+            out = torch.fft.irfft2(spec, s=(h, w), norm="ortho")
+        return out.to(x.dtype)
 
 
 class ConditionFusion(nn.Module):
