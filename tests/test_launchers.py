@@ -22,7 +22,10 @@ def _event_pid(job) -> int:
 
 
 def test_joblib_runs_two_jobs_in_parallel(train, workdir):
-    proc, _ = train("-m", "launcher=joblib", "model=unet,csnet", "sweep_name=par")
+    # With loader worker processes: a joblib job runs in a loky worker, whose own start
+    # method torch's DataLoader workers cannot use (the datamodule picks fork/spawn).
+    proc, _ = train("-m", "launcher=joblib", "model=unet,csnet", "sweep_name=par",
+                    "data.num_workers=1")
     jobs = run_dirs(workdir, "multirun")
     assert [j.name for j in jobs] == ["0", "1"]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,26 @@ from segflow.errors import DataError
 
 log = logging.getLogger(__name__)
 
+
+
+#: Start methods a DataLoader's worker processes support.
+STANDARD_START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def worker_context(num_workers: int) -> str | None:
+    """The start method of the loader's worker processes: the process's own (None) unless
+    it is one torch's workers cannot use — a ``launcher=joblib`` job runs in a loky worker
+    whose default start method is ``loky`` — then the platform's usual one (fork on Linux,
+    spawn on macOS and Windows)."""
+    if num_workers <= 0:
+        return None
+    current = multiprocessing.get_start_method(allow_none=True)
+    if current is None or current in STANDARD_START_METHODS:
+        return None
+    available = multiprocessing.get_all_start_methods()
+    if sys.platform.startswith("linux") and "fork" in available:
+        return "fork"
+    return "spawn"
 
 class ShardSampler(Sampler[int]):
     """Evaluation sampler for DDP: rank r takes indices r, r+W, r+2W, … with **no padding**,
@@ -242,7 +264,8 @@ class SegDataModule(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers and self.num_workers > 0,
-                          collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed))
+                          collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed),
+                          multiprocessing_context=worker_context(self.num_workers))
 
     def train_dataloader(self) -> DataLoader:
         samples = self._load("train")
