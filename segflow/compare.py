@@ -130,26 +130,42 @@ def _row(model: str, run: Path, metrics: dict[str, Any], summary: dict[str, Any]
             "run": str(run)}
 
 
+def tested_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The sampling settings the training's test ran at: the preset's, lowered to
+    ``debug.sampling`` in a ``trainer=debug`` run."""
+    method = cfg["model"]["method"]
+    caps = (cfg.get("debug") or {}).get("sampling") or {}
+    settings = {}
+    for k in GRID_KEYS:
+        if k in method:
+            v, cap = method.get(k), caps.get(k)
+            settings[k] = v if cap is None or (v is not None and v <= cap) else cap
+    return settings
+
+
 def collect(runs: dict[str, Path]) -> list[dict[str, Any]]:
-    """Rows of the comparison: the training test metrics of each one-pass run, and every
-    evaluation setting (``<run>/eval/*/metrics.json``) of each generative run."""
+    """Rows of the comparison: every evaluation setting (``<run>/eval/*/metrics.json``) of
+    each run, and the training's own test metrics (one-pass runs; generative runs at their
+    preset's sampling settings when no evaluation repeated them)."""
     rows = []
     for model, run in runs.items():
         cfg, summary = run_config(run), json.loads((run / "metrics.json").read_text())
         params = count_params(cfg)
         evals = sorted((run / "eval").glob("*/metrics.json")) if (run / "eval").is_dir() else []
-        if not evals:
-            settings = {k: cfg["model"]["method"].get(k) for k in GRID_KEYS
-                        if k in cfg["model"]["method"]}
-            rows.append(_row(model, run, summary.get("test") or {}, summary, params, settings,
-                             None))
+        seen = set()
         for path in evals:
             ev = json.loads(path.read_text())
             if ev.get("split") != "test":
                 continue
-            rows.append(_row(model, run, ev.get("metrics") or {}, summary, params,
-                             ev.get("settings") or {},
+            settings = ev.get("settings") or {}
+            seen.add(tuple(settings.get(k) for k in GRID_KEYS))
+            rows.append(_row(model, run, ev.get("metrics") or {}, summary, params, settings,
                              uncertainty_error_rho(path.parent / "per_image.csv")))
+        # The training's own test (at the preset's sampling settings), unless an evaluation
+        # already has those settings.
+        preset = tested_settings(cfg)
+        if summary.get("test") and tuple(preset.get(k) for k in GRID_KEYS) not in seen:
+            rows.append(_row(model, run, summary["test"], summary, params, preset, None))
     rows.sort(key=lambda r: (r["model"], _num(r["steps"]), _num(r["n_samples"])))
     return rows
 

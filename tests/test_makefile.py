@@ -3,6 +3,7 @@ venv first), `make help` lists the targets."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -16,8 +17,11 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 
 def _make(folder: Path, *args: str) -> str:
+    # Without the variables of an enclosing make (e.g. `make test PY=...` passes PY down).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PY")}
     proc = subprocess.run(["make", "--no-print-directory", "-C", str(folder), *args],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30, env=env)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
