@@ -130,6 +130,11 @@ def _row(model: str, run: Path, metrics: dict[str, Any], summary: dict[str, Any]
             "run": str(run)}
 
 
+def grid_key(settings: dict[str, Any]) -> tuple:
+    """The grid cell of sampling settings: (steps, n_samples)."""
+    return tuple(settings.get(k) for k in GRID_KEYS)
+
+
 def tested_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """The sampling settings the training's test ran at: the preset's, lowered to
     ``debug.sampling`` in a ``trainer=debug`` run."""
@@ -158,13 +163,13 @@ def collect(runs: dict[str, Path]) -> list[dict[str, Any]]:
             if ev.get("split") != "test":
                 continue
             settings = ev.get("settings") or {}
-            seen.add(tuple(settings.get(k) for k in GRID_KEYS))
+            seen.add(grid_key(settings))
             rows.append(_row(model, run, ev.get("metrics") or {}, summary, params, settings,
                              uncertainty_error_rho(path.parent / "per_image.csv")))
         # The training's own test (at the preset's sampling settings), unless an evaluation
         # already has those settings.
         preset = tested_settings(cfg)
-        if summary.get("test") and tuple(preset.get(k) for k in GRID_KEYS) not in seen:
+        if summary.get("test") and grid_key(preset) not in seen:
             rows.append(_row(model, run, summary["test"], summary, params, preset, None))
     rows.sort(key=lambda r: (r["model"], _num(r["steps"]), _num(r["n_samples"])))
     return rows

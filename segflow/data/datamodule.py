@@ -29,8 +29,6 @@ from segflow.errors import DataError
 
 log = logging.getLogger(__name__)
 
-
-
 #: Start methods a DataLoader's worker processes support.
 STANDARD_START_METHODS = ("fork", "spawn", "forkserver")
 
@@ -45,10 +43,8 @@ def worker_context(num_workers: int) -> str | None:
     current = multiprocessing.get_start_method(allow_none=True)
     if current is None or current in STANDARD_START_METHODS:
         return None
-    available = multiprocessing.get_all_start_methods()
-    if sys.platform.startswith("linux") and "fork" in available:
-        return "fork"
-    return "spawn"
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
 
 class ShardSampler(Sampler[int]):
     """Evaluation sampler for DDP: rank r takes indices r, r+W, r+2W, … with **no padding**,
