@@ -66,8 +66,12 @@ def eval_root(output_dir: str | None, run_dir: str | Path) -> Path:
     """Where evaluations go: ``output_dir`` when set, else ``<run folder>/eval``.
 
     Raises:
-        ConfigError: ``run_dir`` does not exist (nothing is created under a missing path).
+        ConfigError: ``run_dir`` is empty or does not exist (nothing is created under a
+            missing path).
     """
+    if not str(run_dir).strip():
+        raise ConfigError("run_dir is empty; pass a run folder (outputs/runs/<experiment>/<time>) "
+                          "or a .ckpt file: python -m segflow.eval run_dir=<run folder>")
     if not Path(run_dir).exists():
         raise ConfigError(f"run_dir={run_dir} does not exist; pass a run folder "
                           f"(outputs/runs/<experiment>/<time>) or a .ckpt file")

@@ -310,6 +310,14 @@ def test_eval_folders_tell_the_data_apart_and_never_replace(tiny_runs, tmp_path,
     check_case(missing, tmp_path, capsys, caplog)
 
 
+def test_eval_with_an_empty_run_dir_creates_nothing(tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty run_dir must not become a folder under the cwd
+    empty = Case("eval run_dir=''", lambda w: str(OmegaConf.select(_compose(
+        "eval", ["run_dir="], hydra=True), "hydra.run.dir")) and 0, 2,
+        "run_dir is empty", absent=["eval", "logs"])
+    check_case(empty, tmp_path, capsys, caplog)
+
+
 # -- 5. predict -------------------------------------------------------------------------
 
 def _predict(work: Path, run: Path, inp: str, *extra: str):

@@ -164,6 +164,27 @@ def test_loss_trains_every_part_of_the_network():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def test_bce_on_x0_is_the_cross_entropy_of_the_x0_prediction():
+    """With x0-prediction the BCE part is the closed-form cross-entropy of (out + 1) / 2
+    (clamped) against the mask, and the total adds it with its weight."""
+    net = PixelNet()
+    method = Diffusion(prediction="x0", bce_weight=0.5)
+    image, mask = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.7).float()
+    torch.manual_seed(3)
+    out = method.loss(net, image, mask)
+    assert set(out) == {"loss", "mse", "bce"}
+    torch.manual_seed(3)  # the same step and noise, to rebuild the network's output
+    step = torch.randint(0, method.timesteps, (2,))
+    eps = torch.randn_like(mask)
+    x_t = method.schedule.q_sample(2 * mask - 1, step, eps)
+    p = ((net(x_t, method.schedule.time(step), image) + 1) / 2).clamp(1e-4, 1 - 1e-4)
+    bce = -(mask * p.log() + (1 - mask) * (1 - p).log()).mean()
+    torch.testing.assert_close(out["bce"], bce.detach())
+    torch.testing.assert_close(out["loss"], out["mse"] + 0.5 * out["bce"])
+    with pytest.raises(ValueError, match="bce_weight"):
+        Diffusion(bce_weight=-1.0)
+
+
 class PixelNet(Denoiser):
     """A per-pixel denoiser (1×1 conv): outputs at a pixel depend on that pixel only."""
 
@@ -180,7 +201,7 @@ class PixelNet(Denoiser):
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_loss_ignores_invalid_pixels(prediction):
-    net, method = PixelNet(), Diffusion(prediction=prediction, dice_weight=1.0)
+    net, method = PixelNet(), Diffusion(prediction=prediction, dice_weight=1.0, bce_weight=1.0)
     image, mask = torch.randn(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.8).float()
     valid = torch.ones(2, 1, 16, 16)
     valid[..., 8:] = 0
@@ -192,7 +213,7 @@ def test_loss_ignores_invalid_pixels(prediction):
         return method.loss(net, image, m, v)
 
     a, b = loss(mask, valid), loss(other, valid)
-    for key in ("mse", "dice"):
+    for key in ("mse", "dice", "bce"):
         torch.testing.assert_close(a[key], b[key])
     assert not torch.isclose(loss(mask, None)["mse"], loss(other, None)["mse"])
 

@@ -226,3 +226,55 @@ def test_loss_counts_only_valid_pixels_and_refuses_a_segnet():
         fm.check_net(UNet(base_channels=4, depth=2))
     with pytest.raises(ValueError, match="prediction='eps'"):
         FlowMatching(prediction="eps")
+
+
+class RecordingNet(Denoiser):
+    """Records the self-conditioning input of every call; returns x_t + 1 + t."""
+
+    in_channels, out_channels, size_multiple, self_condition = 1, 1, 1, True
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.seen: list[Tensor | None] = []
+        self.outs: list[Tensor] = []
+
+    def forward(self, x_t: Tensor, t: Tensor, image: Tensor, x_sc: Tensor | None = None) -> Tensor:
+        self.seen.append(None if x_sc is None else x_sc.detach().clone())
+        out = self.w * x_t + 1.0 + t.view(-1, 1, 1, 1)
+        self.outs.append(out.detach().clone())
+        return out
+
+
+def test_self_conditioning_feeds_each_evaluation_the_previous_x1_estimate():
+    fm = FlowMatching(prediction="x1", self_condition=True, steps=3)
+    net = RecordingNet()
+    fm.check_net(net)
+    fm.predict(net, torch.randn(1, 1, 4, 4), noise=torch.randn(1, 1, 4, 4))
+    assert len(net.seen) == 3
+    assert net.seen[0] is None or not net.seen[0].any()  # zeros at the first evaluation
+    for i in (1, 2):
+        assert torch.equal(net.seen[i], net.outs[i - 1])  # x̂1 of the evaluation before
+
+
+def test_self_conditioning_in_training_uses_a_gradient_free_first_estimate():
+    fm = FlowMatching(prediction="x1", self_condition=True)
+    image, mask = torch.randn(2, 1, 4, 4), (torch.rand(2, 1, 4, 4) > 0.5).float()
+    calls = set()
+    for seed in range(12):  # both halves occur: one call (zeros) or two (estimate, then train)
+        net = RecordingNet()
+        torch.manual_seed(seed)
+        fm.loss(net, image, mask)["loss"].backward()
+        calls.add(len(net.seen))
+        assert not net.seen[0].any()
+        if len(net.seen) == 2:
+            assert torch.equal(net.seen[1], net.outs[0])
+        assert net.w.grad is not None
+    assert calls == {1, 2}
+
+
+def test_self_conditioning_needs_a_matching_network():
+    with pytest.raises(NetworkMismatchError, match="model.method.self_condition=true"):
+        FlowMatching(self_condition=True).check_net(OracleNet())
+    with pytest.raises(NetworkMismatchError, match="model.method.self_condition=false"):
+        FlowMatching().check_net(RecordingNet())

@@ -23,7 +23,7 @@ from segflow.methods.diffusion.schedule import (
     target_of,
     x0_eps_of,
 )
-from segflow.methods.losses import masked_mean, soft_dice_loss
+from segflow.methods.losses import masked_bce_on_probs, masked_mean, soft_dice_loss
 from segflow.progress import sampling_steps
 
 
@@ -35,8 +35,9 @@ class Diffusion(GenerativeMethod):
     Training: draw a step ``k`` uniformly from ``0..T-1`` and noise, form
     ``x_k = alpha_k x0 + sigma_k eps`` from the mask ``x0`` in {-1, 1}, and regress the
     network's output at ``(x_k, t = k / T, image)`` onto ``eps``, ``x0`` or ``v``
-    (``prediction``) with an MSE over valid pixels, plus optionally ``dice_weight`` ·
-    soft Dice of the implied x0 against the mask.
+    (``prediction``) with an MSE over valid pixels, plus optionally ``bce_weight`` · BCE
+    and ``dice_weight`` · soft Dice of the implied x0 (as a probability, ``(x̂0 + 1) / 2``
+    clamped to [0, 1]) against the mask — the supervised nets' segmentation losses.
 
     Sampling (eval-time settings, change with :meth:`with_settings`): ``sampler``
     ``ddpm`` (ancestral; Ho et al. 2020, respaced per Nichol & Dhariwal 2021 when
@@ -56,6 +57,7 @@ class Diffusion(GenerativeMethod):
         schedule: ``linear`` or ``cosine`` β schedule.
         prediction: what the network outputs: ``eps``, ``x0`` or ``v``.
         dice_weight: weight of the soft Dice loss on the predicted x0 (0 = MSE only).
+        bce_weight: weight of the BCE on the predicted x0 (0 = none).
         sampler: ``ddpm``, ``ddim`` or ``dpm_solver``.
         steps: network evaluations per sample (None = T, the full chain).
         spacing: ``auto``, ``uniform`` or ``logsnr``: where the steps sit.
@@ -72,16 +74,18 @@ class Diffusion(GenerativeMethod):
     def __init__(self, timesteps: int = 1000, schedule: str = "linear", prediction: str = "eps",
                  dice_weight: float = 0.0, sampler: str = "ddim", steps: int | None = 50,
                  spacing: str = "auto", eta: float = 0.0, clip_x0: bool = True, n_samples: int = 1,
-                 lower_order_final: bool = True):
+                 lower_order_final: bool = True, bce_weight: float = 0.0):
         super().__init__(n_samples=n_samples)
         if schedule not in SCHEDULES:
             raise ValueError(f"method.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"method.prediction must be one of {list(PREDICTIONS)}, got {prediction!r}")
-        if dice_weight < 0:
-            raise ValueError(f"method.dice_weight must be >= 0, got {dice_weight}")
+        for name, weight in (("dice_weight", dice_weight), ("bce_weight", bce_weight)):
+            if weight < 0:
+                raise ValueError(f"method.{name} must be >= 0, got {weight}")
         self.schedule = NoiseSchedule(schedule, timesteps)
         self.timesteps, self.prediction, self.dice_weight = int(timesteps), prediction, dice_weight
+        self.bce_weight = float(bce_weight)
         self.sampler, self.steps, self.spacing = sampler, steps, spacing
         self.eta, self.clip_x0 = eta, clip_x0
         self.lower_order_final = lower_order_final
@@ -110,10 +114,15 @@ class Diffusion(GenerativeMethod):
         mse = masked_mean((out - target_of(self.prediction, x0, eps, alpha, sigma)) ** 2, valid)
         parts = {"mse": mse}
         total = mse
-        if self.dice_weight:
+        if self.dice_weight or self.bce_weight:
             x0_pred, _ = x0_eps_of(self.prediction, out, x_t.float(), alpha, sigma)
-            parts["dice"] = soft_dice_loss(self.x_to_probs(x0_pred), mask, valid)
-            total = total + self.dice_weight * parts["dice"]
+            probs = self.x_to_probs(x0_pred)
+            if self.dice_weight:
+                parts["dice"] = soft_dice_loss(probs, mask, valid)
+                total = total + self.dice_weight * parts["dice"]
+            if self.bce_weight:
+                parts["bce"] = masked_bce_on_probs(probs, mask, valid)
+                total = total + self.bce_weight * parts["bce"]
         return {"loss": total, **parts}
 
     # -- sampling -----------------------------------------------------------------------

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The recipe sweep of docs/results.md ("Training recipes of the generative presets"): every
+# training recipe of medsegdiff_small and flow_small on one dataset at one budget, the
+# supervised nets beside them, each generative run sampled under one grid, one report per
+# family (report/report.md: a row per run with the overrides that differ; report/evals.md:
+# a row per run and sampling setting).
+#
+#   bash docs/scripts/recipe_sweep.sh [overrides...]
+#   PY=python JOBS=4 PARALLEL=0 SEEDS=0,1 FAMILIES="supervised medsegdiff flow" \
+#       STEPS=1,2,4,10 SAMPLES=1,4 bash docs/scripts/recipe_sweep.sh data=synthetic_xca trainer=gpu
+#
+# JOBS: trainings at a time per family (joblib launcher); PARALLEL=1 runs the families'
+# sweeps at the same time (a GPU with many CPU cores; on a small CPU keep 0); SEEDS: every
+# recipe once per seed; FAMILIES: which of the three sweeps run.
+# Outputs: $SEGFLOW_OUTPUT_DIR/multirun/recipe_{supervised,medsegdiff,flow}/<time>/.
+set -euo pipefail
+PY=${PY:-python}
+JOBS=${JOBS:-2}
+PARALLEL=${PARALLEL:-0}
+STEPS=${STEPS:-1,2,4,10}
+SAMPLES=${SAMPLES:-1,4}
+SEEDS=${SEEDS:-0}
+FAMILIES=${FAMILIES:-supervised medsegdiff flow}
+root=${SEGFLOW_OUTPUT_DIR:-outputs}/multirun
+common=(launcher=joblib "hydra.launcher.n_jobs=$JOBS" "seed=$SEEDS" "$@")
+
+declare -A sweeps=(
+  [supervised]="model=unet,csnet"
+  # diffusion: what the network predicts x the segmentation losses on the predicted x0
+  [medsegdiff]="model=medsegdiff_small model.method.prediction=eps,x0,v model.method.dice_weight=0,1 model.method.bce_weight=0,1"
+  # flow matching: where training times sit x self-conditioning
+  [flow]="model=flow_small model.method.time_sampling=uniform,logit_normal model.method.logit_mean=-1 model.method.self_condition=false,true"
+)
+pids=()
+for family in $FAMILIES; do
+  sweep="${sweeps[$family]} sweep_name=recipe_$family"
+  # shellcheck disable=SC2086  # each sweep line is a list of overrides
+  if [ "$PARALLEL" = 1 ]; then
+    $PY -m segflow.train -m $sweep "${common[@]}" &
+    pids+=($!)
+  else
+    $PY -m segflow.train -m $sweep "${common[@]}"
+  fi
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+
+# Every finished generative job under one grid of sampling settings.
+for family in $FAMILIES; do
+  [ "$family" = supervised ] && continue
+  newest=$(ls -d "$root/recipe_$family"/*/ | sort | tail -1)
+  find "$newest" -mindepth 2 -maxdepth 2 -name metrics.json -printf "%h\n" | sort
+done | xargs -P "$JOBS" -I{} $PY -m segflow.eval run_dir={} "grid.steps=[$STEPS]" \
+  "grid.n_samples=[$SAMPLES]" data.num_workers=0
+
+for family in $FAMILIES; do
+  $PY -m segflow.report "$(ls -d "$root/recipe_$family"/*/ | sort | tail -1)"
+done
