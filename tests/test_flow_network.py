@@ -105,19 +105,3 @@ def test_the_users_xca_configuration_builds_and_runs_on_a_small_image():
     with torch.no_grad():
         out = net(torch.randn(1, 1, 48, 40), torch.rand(1), torch.randn(1, 1, 48, 40))
     assert out.shape == (1, 1, 48, 40)
-
-
-def test_self_conditioning_input():
-    """A self-conditioned net reads x_sc (None = zeros); a plain one refuses it."""
-    net = tiny(self_condition=True).eval()
-    randomize_zero_layers(net)
-    assert net.input.in_channels == 3  # x_t, x_sc, image
-    x_t, image, t = torch.randn(2, 1, 32, 32), torch.randn(2, 1, 32, 32), torch.full((2,), 0.3)
-    zeros = net(x_t, t, image, torch.zeros_like(x_t))
-    assert torch.equal(net(x_t, t, image), zeros)
-    other = net(x_t, t, image, torch.randn_like(x_t))
-    assert (other - zeros).abs().mean() > 1e-3 * zeros.abs().mean()
-    plain = tiny()
-    assert plain.input.in_channels == 2 and not plain.self_condition
-    with pytest.raises(ValueError, match="self_condition=false"):
-        plain(x_t, t, image, torch.zeros_like(x_t))

@@ -28,8 +28,8 @@ declare -A sweeps=(
   [supervised]="model=unet,csnet"
   # diffusion: what the network predicts x the segmentation losses on the predicted x0
   [medsegdiff]="model=medsegdiff_small model.method.prediction=eps,x0,v model.method.dice_weight=0,1 model.method.bce_weight=0,1"
-  # flow matching: where training times sit x self-conditioning
-  [flow]="model=flow_small model.method.time_sampling=uniform,logit_normal model.method.logit_mean=-1 model.method.self_condition=false,true"
+  # flow matching: where training times sit (logit_normal: the preset's logit_mean)
+  [flow]="model=flow_small model.method.time_sampling=uniform,logit_normal"
 )
 pids=()
 for family in $FAMILIES; do

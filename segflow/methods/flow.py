@@ -7,7 +7,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from segflow.errors import NetworkMismatchError
 from segflow.methods.base import GenerativeMethod, StepNoise
 from segflow.methods.losses import masked_bce_on_probs, masked_mean, soft_dice_loss
 from segflow.methods.solvers import SOLVERS, solve
@@ -61,14 +60,6 @@ class FlowMatching(GenerativeMethod):
     estimate x̂1 of the last network evaluation (identical for Euler with σ_min = 0, whose
     last step lands on x̂1; softer for midpoint/Heun/dopri5, whose last evaluation is at t = 1).
 
-    Self-conditioning (``self_condition``; Chen, Zhang & Hinton, "Analog Bits: Generating
-    Discrete Data using Diffusion Models with Self-Conditioning", ICLR 2023): the network
-    also sees its previous clean-mask estimate x̂1 (a network built with
-    ``self_condition=true``). In training, half of the batches first compute x̂1 at the
-    same (x_t, t) with zeros in its place and without gradient, then train with that
-    estimate as the input; the other half train with zeros. In sampling, every evaluation
-    gets the x̂1 of the one before (zeros at the first).
-
     Args:
         prediction: ``velocity`` or ``x1``.
         sigma: bridge noise scale σ (0 = the deterministic OT path).
@@ -81,7 +72,6 @@ class FlowMatching(GenerativeMethod):
         bce_weight, dice_weight: weights of BCE and soft Dice on x̂1 (0 = the plain
             flow-matching MSE).
         readout: ``state`` or ``x1`` (eval-time setting, see above).
-        self_condition: feed the previous x̂1 back to the network (see above).
     """
 
     sampling_keys: ClassVar[tuple[str, ...]] = ("n_samples", "solver", "steps", "atol", "rtol",
@@ -97,9 +87,8 @@ class FlowMatching(GenerativeMethod):
                  time_sampling: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0,
                  solver: str = "euler", steps: int = 10, atol: float = 1e-4, rtol: float = 1e-4,
                  max_nfe: int = 1000, n_samples: int = 1, bce_weight: float = 0.0,
-                 dice_weight: float = 0.0, readout: str = "state", self_condition: bool = False):
+                 dice_weight: float = 0.0, readout: str = "state"):
         super().__init__(n_samples=n_samples)
-        self.self_condition = bool(self_condition)
         self.bce_weight, self.dice_weight = float(bce_weight), float(dice_weight)
         self.readout = readout
         self.prediction, self.sigma, self.sigma_schedule = prediction, float(sigma), sigma_schedule
@@ -126,22 +115,6 @@ class FlowMatching(GenerativeMethod):
             raise ValueError("FlowMatching bce_weight and dice_weight must be >= 0")
         if self.logit_std <= 0 or self.atol <= 0 or self.rtol <= 0:
             raise ValueError("FlowMatching logit_std, atol and rtol must be > 0")
-
-    def check_net(self, net: nn.Module) -> None:
-        super().check_net(net)
-        if bool(getattr(net, "self_condition", False)) != self.self_condition:
-            raise NetworkMismatchError(
-                f"model.method.self_condition={str(self.self_condition).lower()} needs a network "
-                f"built with self_condition={str(self.self_condition).lower()}, but "
-                f"{type(net).__name__} has self_condition="
-                f"{str(bool(getattr(net, 'self_condition', False))).lower()}; set both "
-                f"(the flow presets tie model.net.self_condition to model.method.self_condition)")
-
-    def run_net(self, net: nn.Module, x_t: Tensor, t: Tensor, image: Tensor,
-                x_sc: Tensor | None) -> Tensor:
-        """One network evaluation in float32; ``x_sc`` only reaches a self-conditioned net."""
-        extra = (x_sc,) if self.self_condition else ()
-        return net(x_t, t, image, *extra).float()
 
     # -- the probability path -------------------------------------------------------------
     @staticmethod
@@ -192,13 +165,7 @@ class FlowMatching(GenerativeMethod):
         eps = torch.randn_like(x1) if self.sigma > 0 else None
         t = self.sample_time(x1.shape[0], x1.device)
         x_t = self.path(x0, x1, t, eps)
-        x_sc = None
-        if self.self_condition:
-            x_sc = torch.zeros_like(x_t)
-            if torch.rand(()).item() < 0.5:  # Chen et al.: half the batches see an estimate
-                with torch.no_grad():
-                    x_sc = self.x1_estimate(self.run_net(net, x_t, t, image, x_sc), x_t.float(), t)
-        out = self.run_net(net, x_t, t, image, x_sc)  # loss in float32 under mixed precision
+        out = net(x_t, t, image).float()  # loss in float32 under mixed precision
         target = self.target_velocity(x0, x1, t, eps) if self.prediction == "velocity" else x1
         mse = masked_mean((out - target).pow(2), valid)
         parts = {"mse": mse}
@@ -228,17 +195,14 @@ class FlowMatching(GenerativeMethod):
         return (x.float() + 1.0) / 2.0
 
     # -- sampling -------------------------------------------------------------------------
-    def velocity(self, net: nn.Module, x: Tensor, t: float, image: Tensor,
-                 x_sc: Tensor | None = None) -> Tensor:
+    def velocity(self, net: nn.Module, x: Tensor, t: float, image: Tensor) -> Tensor:
         """The model's velocity at state x (B, C, H, W) and time t (a float)."""
-        return self.field(net, x, t, image, x_sc)[0]
+        return self.field(net, x, t, image)[0]
 
-    def field(self, net: nn.Module, x: Tensor, t: float, image: Tensor,
-              x_sc: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(velocity, x̂1) of one network evaluation at state x and time t (a float);
-        ``x_sc`` is the previous x̂1 for a self-conditioned network (None = zeros)."""
+    def field(self, net: nn.Module, x: Tensor, t: float, image: Tensor) -> tuple[Tensor, Tensor]:
+        """(velocity, x̂1) of one network evaluation at state x and time t (a float)."""
         t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
-        out = self.run_net(net, x, t_vec, image, x_sc)
+        out = net(x, t_vec, image).float()
         if self.prediction == "velocity":
             return out, self.x1_estimate(out, x.float(), t)
         # v = x̂1 − a·x̂0 with x̂0 = E[x0 | x_t] = (x_t − t·x̂1) / c, c = 1 − a·t, on the
@@ -261,7 +225,7 @@ class FlowMatching(GenerativeMethod):
         last: dict[str, Tensor] = {}
 
         def velocity(x: Tensor, t: float) -> Tensor:
-            v, last["x1"] = self.field(net, x, t, image, last.get("x1"))
+            v, last["x1"] = self.field(net, x, t, image)
             return v
 
         x, nfe = solve(velocity, noise.float(), solver=self.solver, steps=int(self.steps),
@@ -270,6 +234,6 @@ class FlowMatching(GenerativeMethod):
 
     def __repr__(self) -> str:
         keys = ("prediction", "sigma", "sigma_schedule", "time_sampling", "bce_weight",
-                "dice_weight", "self_condition", *self.sampling_keys)
+                "dice_weight", *self.sampling_keys)
         return f"FlowMatching({', '.join(f'{k}={getattr(self, k)!r}' for k in keys)})"
 

@@ -59,9 +59,6 @@ class ADMConcatUNet(Denoiser):
         mid_attention: self-attention in the middle block (as in ADM).
         time_scale: multiplier of ``t`` before the sinusoidal embedding.
         use_checkpoint: gradient checkpointing of every block (saves memory, costs time).
-        self_condition: take the previous clean-mask estimate ``x_sc`` as extra input
-            channels (self-conditioning, Chen et al., "Analog Bits", ICLR 2023), concatenated
-            with ``x_t`` and the image at the input.
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, model_channels: int = 32,
@@ -69,7 +66,7 @@ class ADMConcatUNet(Denoiser):
                  num_blocks: int = 2, attn_resolutions: Sequence[int] = (),
                  image_size: int = 128, dropout: float = 0.0, num_head_channels: int = 64,
                  mid_attention: bool = True, time_scale: float = 1000.0,
-                 use_checkpoint: bool = False, self_condition: bool = False):
+                 use_checkpoint: bool = False):
         super().__init__()
         channel_mult = [int(m) for m in channel_mult]
         if not channel_mult or min(channel_mult) < 1 or model_channels < 1 or num_blocks < 1:
@@ -83,7 +80,6 @@ class ADMConcatUNet(Denoiser):
                              f"image_size={image_size} (its levels are {sides})")
         attn = {i for i, s in enumerate(sides) if s in set(int(r) for r in attn_resolutions)}
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.self_condition = bool(self_condition)
         self.size_multiple = 2 ** (levels - 1)
         self.model_channels, self.time_scale = model_channels, time_scale
         emb_dim = model_channels * channel_mult_emb
@@ -96,8 +92,7 @@ class ADMConcatUNet(Denoiser):
             # ADM's rule: heads of num_head_channels channels each.
             return AttentionBlock(c, max(1, c // num_head_channels), use_checkpoint)
 
-        state_channels = out_channels * (2 if self.self_condition else 1)
-        self.input = nn.Conv2d(state_channels + in_channels, model_channels, 3, padding=1)
+        self.input = nn.Conv2d(out_channels + in_channels, model_channels, 3, padding=1)
         self.down = nn.ModuleList()
         skip_channels, ch = [model_channels], model_channels
         for level, mult in enumerate(channel_mult):
@@ -126,9 +121,8 @@ class ADMConcatUNet(Denoiser):
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(),
                                  zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)))
 
-    def forward(self, x_t: Tensor, t: Tensor, image: Tensor, x_sc: Tensor | None = None) -> Tensor:
-        """Args: x_t (B, C_out, H, W), t (B,) in [0, 1], image (B, C_in, H, W), and with
-        ``self_condition`` the previous clean-mask estimate x_sc (B, C_out, H, W; None = zeros).
+    def forward(self, x_t: Tensor, t: Tensor, image: Tensor) -> Tensor:
+        """Args: x_t (B, C_out, H, W), t (B,) in [0, 1], image (B, C_in, H, W).
 
         Returns: (B, C_out, H, W); H and W must be divisible by ``size_multiple``.
         """
@@ -139,13 +133,7 @@ class ADMConcatUNet(Denoiser):
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         emb = self.time_embed(t)
-        state = [x_t]
-        if self.self_condition:
-            state.append(torch.zeros_like(x_t) if x_sc is None else x_sc.to(x_t.dtype))
-        elif x_sc is not None:
-            raise ValueError("ADMConcatUNet got a self-conditioning input but was built with "
-                             "self_condition=false")
-        h = self.input(torch.cat([*state, image.to(x_t.dtype)], dim=1))
+        h = self.input(torch.cat([x_t, image.to(x_t.dtype)], dim=1))
         skips = [h]
         for block in self.down:
             h = block(h, emb)

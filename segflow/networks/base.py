@@ -36,15 +36,12 @@ class Denoiser(nn.Module):
     """(noisy mask, time, image) → tensor of the mask's shape.
 
     Subclasses set ``in_channels`` (image channels), ``out_channels`` (mask channels)
-    and ``size_multiple``. A network built with ``self_condition = True`` also takes a
-    fourth argument, ``x_sc`` (B, C_out, H, W): the method's previous clean-mask estimate
-    (self-conditioning, Chen et al., ICLR 2023), zeros when there is none.
+    and ``size_multiple``.
     """
 
     in_channels: int
     out_channels: int
     size_multiple: int = 1
-    self_condition: bool = False
 
     def forward(self, x_t: Tensor, t: Tensor, image: Tensor) -> Tensor:  # pragma: no cover
         """Args: x_t (B, C_out, H, W), t (B,) in [0, 1], image (B, C_in, H, W).
