@@ -1,4 +1,4 @@
-"""``python -m segflow.bench.gpu_check`` (``make gpu-check``): one prepared GPU check.
+"""The prepared GPU check (``python -m segflow.bench.gpu_check``, ``make gpu-check``).
 
 Runs, each under its own time limit (about 8 minutes in all on one GPU):
 
@@ -7,8 +7,8 @@ Runs, each under its own time limit (about 8 minutes in all on one GPU):
    images/s, MFU), and sampling cost vs NFE;
 2. ``ddp``        — ``trainer=ddp`` on every visible GPU, a short synthetic run;
 3. ``drive_csnet_gpu`` — the DRIVE experiment, shortened (DRIVE is prepared from
-   ``$SEGFLOW_SHARED_DATA/DRIVE`` or ``../shared/data/DRIVE`` when ``data/drive`` is missing;
-   skipped with a note when neither exists);
+   ``$SEGFLOW_SHARED_DATA/DRIVE`` when ``data/drive`` is missing; skipped with a note when
+   neither exists);
 4. ``flow``, ``medsegdiff`` — the full generative presets for 100 steps.
 
 Each step's whole output is kept in ``<out>/<step>.log``.
@@ -21,7 +21,6 @@ compose API), which is what CI checks; ``--only ddp,flow`` runs a subset.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -31,6 +30,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from segflow.atomic import write_json, write_text
+from segflow.runs.folders import output_root
 
 #: Common overrides of the training steps: no TensorBoard images, CSV metrics only.
 TRAIN_COMMON = ["logger=csv", "model.log_image_enabled=false",
@@ -80,15 +82,18 @@ def default_steps() -> list[Step]:
 
 
 def ensure_drive() -> str | None:
-    """``data/drive`` (``$SEGFLOW_DATA_DIR/drive``) prepared from the shared DRIVE download
-    when missing; None when it is there, else a note saying why the step is skipped."""
+    """``data/drive`` (``$SEGFLOW_DATA_DIR/drive``) prepared from the DRIVE download in
+    ``$SEGFLOW_SHARED_DATA/DRIVE`` when missing; None when it is there, else a note saying
+    why the step is skipped."""
     data = Path(os.environ.get("SEGFLOW_DATA_DIR", "data")) / "drive"
     if (data / "train").is_dir():
         return None
-    shared = Path(os.environ.get("SEGFLOW_SHARED_DATA", Path.cwd().parent / "shared" / "data"))
-    if not (shared / "DRIVE").is_dir():
-        return f"no DRIVE data: neither {data} nor {shared / 'DRIVE'} exists"
-    from segflow.data.layout import prepare
+    shared = os.environ.get("SEGFLOW_SHARED_DATA")
+    if not shared or not (Path(shared) / "DRIVE").is_dir():
+        return (f"no DRIVE data: {data} does not exist and SEGFLOW_SHARED_DATA (the folder "
+                f"holding the DRIVE download) is {'not set' if not shared else 'without DRIVE/'}")
+    shared = Path(shared)
+    from segflow.data.prepare.layout import prepare
 
     prepare("drive", shared / "DRIVE", data)
     return None
@@ -218,43 +223,31 @@ def markdown(steps: list[Step], bench_rows: list[dict[str, Any]], meta: dict[str
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m segflow.bench.gpu_check",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", help="output folder (default <output_root>/gpu_check/<time>)")
-    p.add_argument("--dry-run", action="store_true", help="compose every step's config only")
-    p.add_argument("--only", help="comma-separated step names (bench,ddp,drive_csnet_gpu,flow,"
-                                  "medsegdiff)")
-    args = p.parse_args(argv)
+def run_check(steps: list[Step], out: str | Path | None = None, dry_run: bool = False) -> int:
+    """Run ``steps`` (compose them only with ``dry_run``), write ``gpu_check.json`` and
+    ``gpu_check.md`` to ``out`` (default ``<output_root>/gpu_check/<time>``), print the
+    Markdown; returns the exit status (1: a step failed, 2: no CUDA GPU for a real run)."""
     import pytorch_lightning as pl
     import torch
 
-    steps = default_steps()
-    if args.only:
-        wanted = set(args.only.split(","))
-        unknown = wanted - {s.name for s in steps}
-        if unknown:
-            p.error(f"--only: unknown step(s) {sorted(unknown)}")
-        steps = [s for s in steps if s.name in wanted]
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    out = Path(args.out or Path(os.environ.get("SEGFLOW_OUTPUT_DIR", "outputs")) / "gpu_check"
-               / stamp).resolve()
+    out = Path(out or output_root() / "gpu_check" / stamp).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if not args.dry_run and not torch.cuda.is_available():
+    if not dry_run and not torch.cuda.is_available():
         print("gpu-check needs a CUDA GPU (none is visible); --dry-run composes the configs",
               file=sys.stderr)
         return 2
     device = (f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
               if torch.cuda.is_available() else "cpu (dry run)")
     meta = {"time": stamp, "device": device, "torch": torch.__version__,
-            "lightning": pl.__version__, "dry_run": bool(args.dry_run)}
-    run_steps(steps, out, args.dry_run)
-    bench_rows = [] if args.dry_run else _bench_rows(out / "bench")
-    (out / "gpu_check.json").write_text(json.dumps(
-        {"meta": meta, "steps": [asdict(s) for s in steps], "bench_train": bench_rows}, indent=1))
+            "lightning": pl.__version__, "dry_run": bool(dry_run)}
+    run_steps(steps, out, dry_run)
+    bench_rows = [] if dry_run else _bench_rows(out / "bench")
+    write_json(out / "gpu_check.json",
+               {"meta": meta, "steps": [asdict(s) for s in steps], "bench_train": bench_rows},
+               indent=1)
     md = markdown(steps, bench_rows, meta)
-    (out / "gpu_check.md").write_text(md)
+    write_text(out / "gpu_check.md", md)
     print(md)
     print(f"written: {out / 'gpu_check.json'}, {out / 'gpu_check.md'}")
     bad = [s.name for s in steps if s.status not in ("ok", "composed", "skipped")]
@@ -262,4 +255,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from segflow.cli.gpu_check import main
+
     sys.exit(main())
