@@ -18,7 +18,7 @@ from segflow.methods import Diffusion, FlowMatching, Supervised
 
 from conftest import CONF, run_dirs, run_entry
 
-PRESETS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (CONF / "model").glob("[!_]*.yaml"))  # _segmodule: the base
 # The GPU-sized presets (22 M-parameter ADM U-Net, full MedSegDiff) need about a minute
 # each on 2 CPU cores: they run with `pytest -m slow`.
 SLOW = {"flow", "medsegdiff"}
