@@ -17,7 +17,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,7 +38,7 @@ def optimizer_factory(optimizer: OptimizerFactory | None = None, learning_rate: 
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    node = OmegaConf.load(resources.files("segflow.conf") / "model" / "optimizer" / "adamw.yaml")
+    node = OmegaConf.load(Path(__file__).parent / "conf" / "model" / "optimizer" / "adamw.yaml")
     node.lr, node.weight_decay = learning_rate, weight_decay
     return instantiate(node)
 

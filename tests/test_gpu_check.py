@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from segflow.bench import gpu_check
+from segflow.bench import check_steps as gpu_check
 from segflow.cli.gpu_check import main
 
 
@@ -43,7 +43,7 @@ def test_markdown_lists_bench_rows_with_mfu():
 
 
 def test_a_failed_step_is_noted_by_its_error_and_its_output_kept(tmp_path):
-    from segflow.bench.gpu_check import error_line, write_output
+    from segflow.bench.check_steps import error_line, write_output
 
     out = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
            "RuntimeError: Expected both inputs to be Half, Float or Double tensors\n\n"

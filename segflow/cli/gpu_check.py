@@ -5,14 +5,14 @@ Examples:
     python -m segflow.bench.gpu_check --only ddp,flow     # a subset
     python -m segflow.bench.gpu_check --dry-run           # compose every step's config only
 
-See :mod:`segflow.bench.gpu_check` for the steps and what is written.
+See :mod:`segflow.bench.check_steps` for the steps and what is written.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from segflow.bench import gpu_check
+from segflow.bench import check_steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,11 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated step names (bench,ddp,drive_csnet_gpu,flow,"
                                   "medsegdiff)")
     args = p.parse_args(argv)
-    steps = gpu_check.default_steps()
+    steps = check_steps.default_steps()
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {s.name for s in steps}
         if unknown:
             p.error(f"--only: unknown step(s) {sorted(unknown)}")
         steps = [s for s in steps if s.name in wanted]
-    return gpu_check.run_check(steps, args.out, args.dry_run)
+    return check_steps.run_check(steps, args.out, args.dry_run)
