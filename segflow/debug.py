@@ -1,7 +1,7 @@
 """The ``debug`` config group applied to a run: the smoke-check limits that are not
 Trainer arguments.
 
-``debug=default|fdr|overfit|profile`` (``configs/debug/``) sets ``trainer.*`` limits and a
+``debug=default|fdr|overfit|profile`` (``conf/debug/``) sets ``trainer.*`` limits and a
 ``debug:`` node that is read here, never written into ``data.*`` or ``model.*``, so a run
 trained under it stores its own data and model settings unchanged:
 

@@ -25,7 +25,7 @@ SLOW = {"flow", "medsegdiff"}
 # Fewer synthetic images than the default (generated once per module); the images keep
 # their 256 px, so validation/test use debug's 128 px central crops.
 DATA = ["data.synthetic.n_train=4", "data.synthetic.n_val=2", "data.synthetic.n_test=2"]
-CAPS = {"steps": 2, "n_samples": 1}  # conf/trainer/debug.yaml's debug.sampling
+CAPS = {"steps": 2, "n_samples": 1}  # conf/debug/default.yaml's debug.sampling
 
 
 def preset_method(name: str) -> dict:
