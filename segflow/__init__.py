@@ -18,6 +18,3 @@ def __getattr__(name: str) -> Any:  # the API imports torch/Lightning: only when
         return getattr(api, name)
     raise AttributeError(f"module 'segflow' has no attribute {name!r}")
 
-
-# The resolvers the configs use to choose output folders (segflow_unique, segflow_name).
-from segflow import rundirs as _rundirs  # noqa: E402,F401

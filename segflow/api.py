@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from segflow.data.preprocess import Preprocess
 from segflow.progress import sampling_progress
+from segflow.runs.checkpoints import load_model
 
 
 @dataclass
@@ -138,11 +139,5 @@ def load_run(path: str | Path, which: str = "best", weights: str = "ema",
     Raises:
         segflow.errors.ConfigError: no checkpoint there, or not one written by segflow.
     """
-    from segflow.runs.checkpoints import load_for_eval
-
-    cfg = OmegaConf.create({"run_dir": str(path), "which": which, "weights": weights,
-                            "model": {}})
-    for key, value in model_overrides.items():
-        OmegaConf.update(cfg.model, key, value, merge=True)
-    module, stored, meta = load_for_eval(cfg)
+    module, stored, meta = load_model(path, which, weights, model_overrides)
     return Run(module, stored, Path(meta["checkpoint"]), device)

@@ -35,7 +35,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
 
 from segflow.compat import ddp_child_command
 
@@ -150,16 +149,6 @@ def env_global_rank() -> int:
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
     return 0
-
-
-# For configs where every task of a job runs Hydra (launcher=slurm): only rank 0 writes
-# .hydra/ and train.log; the others log to train_rank<r>.log.
-OmegaConf.register_new_resolver(
-    "segflow.rank0_only", lambda value: value if env_global_rank() == 0 else None, replace=True)
-OmegaConf.register_new_resolver(
-    "segflow.rank_log",
-    lambda stem: f"{stem}.log" if env_global_rank() == 0 else f"{stem}_rank{env_global_rank()}.log",
-    replace=True)
 
 
 def all_gather_object(obj: object) -> list:

@@ -20,7 +20,7 @@ from segflow.optim import (
     SchedulerFactory,
     build_optimizer,
     build_scheduler,
-    default_optimizer,
+    optimizer_factory,
     warmup_schedule,
 )
 
@@ -74,7 +74,7 @@ class SegModule(pl.LightningModule):
         super().__init__()
         method.check_net(net)
         self.net, self.method, self.name = net, method, name
-        self.optimizer_factory = optimizer or default_optimizer(learning_rate, weight_decay)
+        self.optimizer_factory = optimizer_factory(optimizer, learning_rate, weight_decay)
         self.scheduler_factory = scheduler or warmup_schedule
         # Plain Python types only in hyper-parameters (checkpoints load with weights_only=True);
         # the optimiser and schedule are in the run config stored with every checkpoint.
@@ -93,7 +93,7 @@ class SegModule(pl.LightningModule):
         # every rank at the end of the test epoch (sorted by name).
         self.test_rows: list[dict[str, Any]] = []
         # The resolved run config, stored in every checkpoint so that one file is enough
-        # to rebuild the model (see segflow.runs.checkpoints.load_module). Set by the entry point.
+        # to rebuild the model (see segflow.runs.checkpoints.load_model). Set by the entry point.
         self.run_config: dict[str, Any] | None = None
 
     # -- steps --------------------------------------------------------------------------
@@ -208,13 +208,13 @@ class SegModule(pl.LightningModule):
 
         The network and method are not hyper-parameters (they are objects), so Lightning's
         generic loader cannot rebuild them; this one rebuilds them from the run config
-        stored in the checkpoint (:func:`segflow.runs.checkpoints.load_module`). ``model_overrides``
+        stored in the checkpoint (:func:`segflow.runs.checkpoints.load_model`). ``model_overrides``
         are dotted keys merged into the stored model config (e.g. ``threshold=0.4``).
         Returns the module in eval mode, on ``map_location`` (a device) when given.
         """
-        from segflow.runs.checkpoints import load_module
+        from segflow.runs.checkpoints import load_model
 
-        module, _ = load_module(checkpoint_path, "best", model_overrides)
+        module, _, _ = load_model(checkpoint_path, "best", "ema", model_overrides)
         if map_location is not None and not callable(map_location) and not isinstance(
                 map_location, dict):
             module.to(map_location)

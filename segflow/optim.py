@@ -17,6 +17,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,11 +28,19 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 DECAYS = ("cosine", "constant")
 
 
-def default_optimizer(learning_rate: float = 1e-3, weight_decay: float = 1e-4
-                      ) -> OptimizerFactory:
-    """AdamW with betas (0.9, 0.999): ``conf/model/optimizer/adamw.yaml`` in code."""
-    return functools.partial(torch.optim.AdamW, lr=learning_rate, weight_decay=weight_decay,
-                             betas=(0.9, 0.999))
+def optimizer_factory(optimizer: OptimizerFactory | None = None, learning_rate: float = 1e-3,
+                      weight_decay: float = 1e-4) -> OptimizerFactory:
+    """``optimizer``, or, when None (a module or benchmark built without a config), the
+    default optimiser as ``conf/model/optimizer/adamw.yaml`` says it, at ``learning_rate``
+    and ``weight_decay``."""
+    if optimizer is not None:
+        return optimizer
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(Path(__file__).parent / "conf" / "model" / "optimizer" / "adamw.yaml")
+    node.lr, node.weight_decay = learning_rate, weight_decay
+    return instantiate(node)
 
 
 def param_groups(net: nn.Module) -> list[dict[str, Any]]:

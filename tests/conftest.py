@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from segflow.conf.resolvers import register_resolvers
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "segflow" / "conf"
+register_resolvers()  # the configs' resolvers, as every entry point registers them
 
 # Small enough for 2 CPU cores: 64 px synthetic images, 32 px crops, 4-channel nets.
 TINY = [
@@ -133,7 +136,7 @@ def prepared(tmp_path_factory):
         src = require_shared_data()
         key = (kind, native, tuple(sorted(options.items())))
         if key not in cache:
-            from segflow.data.layout import prepare
+            from segflow.data.prepare.layout import prepare
 
             dest = tmp_path_factory.mktemp("prepared") / f"{kind}_{len(cache)}"
             prepare(kind, src / native, dest, **options)

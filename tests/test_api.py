@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 
 import segflow
 from segflow.data.preprocess import Preprocess
-from segflow.eval import build_datamodule
+from segflow.evaluation import build_datamodule
 from segflow.lit_module import SegModule
-from segflow.predict import predict_folder
-from segflow.runs.checkpoints import load_for_eval
+from segflow.prediction import predict_folder
+from segflow.runs.checkpoints import load_model
 from segflow.runs.results import to_uint8
 
 from conftest import TINY, run_dirs, run_entry
@@ -35,7 +35,7 @@ def clahe_run(tmp_path_factory):
 def _eval_probs(run) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Per test image: the probabilities segflow.eval's Trainer computes (same path)."""
     cfg = OmegaConf.create({"run_dir": str(run), "which": "best", "weights": "ema", "model": {}})
-    module, stored, _ = load_for_eval(cfg)
+    module, stored, _ = load_model(cfg.run_dir, cfg.which, cfg.weights)
     datamodule, _ = build_datamodule(OmegaConf.create({}), stored, "test")
     datamodule.setup("test")
     probs, files = {}, {}

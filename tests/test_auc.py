@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from segflow.data.fov import threshold_fov
-from segflow.data.layout import prepare
+from segflow.data.prepare.fov import threshold_fov
+from segflow.data.prepare.layout import prepare
 from segflow.metrics import EvalMetrics, ExactAUC, VesselMetrics, rank_auc
 
 

@@ -28,10 +28,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from segflow.atomic import AtomicCheckpointIO, checkpoint_problem
+from segflow.cli.overrides import open_key_overrides
 from segflow.errors import exit_on_user_error
-from segflow.eval import evaluate
-from segflow.rundirs import claim_dir
-from segflow.runs.checkpoints import open_key_overrides
+from segflow.evaluation import evaluate
+from segflow.runs.folders import claim_dir
 
 from conftest import CONF, ROOT, TINY, run_dirs
 
@@ -180,7 +180,7 @@ def _read_only_output_root(work: Path):
 
 
 def _disk_full_while_writing(work: Path):
-    from segflow.runs.results import write_json
+    from segflow.atomic import write_json
 
     write_json(work / "metrics.json", {"dice": 0.5})
 
@@ -277,7 +277,7 @@ def test_damaged_checkpoints_and_resume_auto(tiny_runs, tmp_path, capsys, caplog
 
 
 def test_atomic_checkpoint_io_is_what_training_uses():
-    from segflow.train import build_trainer
+    from segflow.training import build_trainer
 
     trainer = build_trainer(_compose("train", ["trainer=debug"]), logger=False)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
@@ -321,7 +321,7 @@ def test_eval_with_an_empty_run_dir_creates_nothing(tmp_path, capsys, caplog, mo
 # -- 5. predict -------------------------------------------------------------------------
 
 def _predict(work: Path, run: Path, inp: str, *extra: str):
-    from segflow.predict import output_folder, predict_folder
+    from segflow.prediction import output_folder, predict_folder
 
     cfg = _compose("predict", open_key_overrides([f"run_dir={run}", f"input_dir={work / inp}",
                                                   "device=cpu", *extra]))
@@ -331,7 +331,6 @@ def _predict(work: Path, run: Path, inp: str, *extra: str):
 
 def _predict_dir(run: Path, inp: Path):
     """The output folder as the entry point chooses it (Hydra's run dir resolver)."""
-    import segflow.predict  # noqa: F401 - registers segflow_predict_dir
 
     inp.mkdir(exist_ok=True) if inp.name == "out_empty" else None
     cfg = _compose("predict", [f"run_dir={run}", f"input_dir={inp}"], hydra=True)
@@ -383,7 +382,7 @@ def test_predict_refuses_to_lose_or_overwrite(tiny_runs, tmp_path, capsys, caplo
 
 def _prep(*argv: str):
     def action(work: Path):
-        from segflow.prepare import main
+        from segflow.cli.prepare import main
 
         return main([a.replace("{w}", str(work)) for a in argv])
     return action
@@ -444,7 +443,7 @@ def test_damaged_test_label_is_found_at_set_up(tmp_path, capsys, caplog):
 # -- 8. report --------------------------------------------------------------------------
 
 def test_report_skips_a_damaged_metrics_json(tiny_runs, tmp_path, capsys, caplog):
-    from segflow.report import main
+    from segflow.cli.report import main
 
     good = _copy_run(tiny_runs.get("unet"), tmp_path / "runs" / "good")
     bad = _copy_run(tiny_runs.get("unet"), tmp_path / "runs" / "bad")

@@ -14,11 +14,12 @@ from segflow.errors import NetworkMismatchError
 from conftest import CONF
 
 # Groups selected in train.yaml's defaults list (hydra/ is Hydra's own node).
-GROUPS = ["model", "data", "trainer", "launcher", "sweeper", "logger", "callbacks", "paths", "experiment"]
+GROUPS = ["model", "data", "trainer", "launcher", "sweeper", "logger", "callbacks", "paths", "experiment",
+          "debug"]
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF / group).glob("[!_]*.yaml"))  # _x.yaml: a base, no option
 
 
 ALL = [(g, o) for g in GROUPS for o in options(g)]

@@ -18,14 +18,14 @@ from segflow.methods import Diffusion, FlowMatching, Supervised
 
 from conftest import CONF, run_dirs, run_entry
 
-PRESETS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (CONF / "model").glob("[!_]*.yaml"))  # _segmodule: the base
 # The GPU-sized presets (22 M-parameter ADM U-Net, full MedSegDiff) need about a minute
 # each on 2 CPU cores: they run with `pytest -m slow`.
 SLOW = {"flow", "medsegdiff"}
 # Fewer synthetic images than the default (generated once per module); the images keep
 # their 256 px, so validation/test use debug's 128 px central crops.
 DATA = ["data.synthetic.n_train=4", "data.synthetic.n_val=2", "data.synthetic.n_test=2"]
-CAPS = {"steps": 2, "n_samples": 1}  # conf/trainer/debug.yaml's debug.sampling
+CAPS = {"steps": 2, "n_samples": 1}  # conf/debug/default.yaml's debug.sampling
 
 
 def preset_method(name: str) -> dict:

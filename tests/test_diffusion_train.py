@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from segflow.data import synth_xca
 from segflow.methods import Diffusion
 from segflow.networks import MedSegDiff
-from segflow.runs.checkpoints import load_checkpoint, load_module
+from segflow.runs.checkpoints import load_checkpoint, load_model
 
 from conftest import assert_learned
 
@@ -42,7 +42,7 @@ def test_medsegdiff_trains_and_one_checkpoint_evaluates_under_every_sampler(trai
 
     # Eval-time settings through the stored config (what `segflow.eval run_dir=...
     # model.method.sampler=ddpm model.method.steps=null` does) ...
-    module, cfg = load_module(run, which="last", overrides={"method.sampler": "ddpm", "method.steps": None})
+    module, cfg, _ = load_model(run, which="last", overrides={"method.sampler": "ddpm", "method.steps": None})
     assert isinstance(module.method, Diffusion) and module.method.grid() == list(range(49, -1, -1))
     for key, value in ckpt["state_dict"].items():  # the EMA weights, untouched
         torch.testing.assert_close(module.state_dict()[key], value)

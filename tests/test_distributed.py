@@ -111,7 +111,7 @@ def test_fsdp_on_cpu_is_one_clear_error():
     from omegaconf import OmegaConf
 
     from segflow.errors import ConfigError
-    from segflow.train import build_trainer
+    from segflow.training import build_trainer
 
     cfg = OmegaConf.create({"trainer": {"_target_": "pytorch_lightning.Trainer",
                                         "accelerator": "cpu", "devices": 2, "strategy": "fsdp"}})

@@ -10,9 +10,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from segflow.cli.overrides import open_key_overrides
 from segflow.errors import ConfigError
-from segflow.eval import evaluate, grid_combinations
-from segflow.runs.checkpoints import load_for_eval, open_key_overrides
+from segflow.evaluation import evaluate, grid_combinations
+from segflow.runs.checkpoints import load_model
 
 from conftest import CONF, TOY_ENV, assert_learned, run_entry
 
@@ -133,9 +134,9 @@ def test_raw_and_ema_weights(tiny_runs):
     run = tiny_runs.get("toy_flow")  # trained with model.ema_decay
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     cfg = _compose([f"run_dir={run}"])
-    ema, _, _ = load_for_eval(cfg)
+    ema, _, _ = load_model(cfg.run_dir, cfg.which, cfg.weights)
     cfg.weights = "raw"
-    raw, _, meta = load_for_eval(cfg)
+    raw, _, meta = load_model(cfg.run_dir, cfg.which, cfg.weights)
     key = "net.body.0.weight"
     assert torch.equal(ema.state_dict()[key], ckpt["state_dict"][key])
     assert torch.equal(raw.state_dict()[key], ckpt["current_model_state"][key])

@@ -16,7 +16,7 @@ from segflow.lit_module import SegModule
 from segflow.methods import FlowMatching
 from segflow.metrics import VesselMetrics
 from segflow.networks import ADMConcatUNet
-from segflow.runs.checkpoints import load_module
+from segflow.runs.checkpoints import load_model
 
 from conftest import TINY, assert_learned, run_dirs, run_entry
 
@@ -65,15 +65,15 @@ def test_one_checkpoint_sampled_under_a_grid_of_settings(flow_run):
     """Euler steps {1, 2, 5, 10} x ensemble {1, 4} (and other solvers) from one checkpoint,
     through load_module's overrides and through with_settings."""
     _, run = flow_run
-    module, cfg = load_module(run, which="last")
+    module, cfg, _ = load_model(run, which="last")
     weights = {k: v.clone() for k, v in module.state_dict().items()}
     dm = instantiate(cfg.data)
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     for steps in (1, 2, 5, 10):
         for n in (1, 4):
-            loaded, _ = load_module(run, which="last",
-                                    overrides={"method.steps": steps, "method.n_samples": n})
+            loaded, _, _ = load_model(run, which="last",
+                                      overrides={"method.steps": steps, "method.n_samples": n})
             pred = predict_whole(loaded.method, loaded.net, batch["image"],
                                  generator=SegModule.eval_generator(batch))
             assert pred.nfe == steps and pred.samples.shape[1] == n

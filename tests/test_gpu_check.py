@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 
-from segflow.bench import gpu_check
+from segflow.bench import check_steps as gpu_check
+from segflow.cli.gpu_check import main
 
 
 def test_gpu_check_dry_run_composes_every_step(tmp_path):
-    assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
+    assert main(["--dry-run", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == ["bench", "ddp", "drive_csnet_gpu", "flow", "medsegdiff"]
@@ -26,7 +27,7 @@ def test_gpu_check_dry_run_composes_every_step(tmp_path):
 def test_a_step_that_does_not_compose_fails_the_check(tmp_path, monkeypatch):
     bad = gpu_check.Step("flow", "segflow.train", ["model=nosuchpreset"], 10)
     monkeypatch.setattr(gpu_check, "default_steps", lambda: [bad])
-    assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 1
+    assert main(["--dry-run", "--out", str(tmp_path)]) == 1
     (step,) = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]
     assert step["status"] == "failed to compose" and "nosuchpreset" in step["note"]
 
@@ -42,7 +43,7 @@ def test_markdown_lists_bench_rows_with_mfu():
 
 
 def test_a_failed_step_is_noted_by_its_error_and_its_output_kept(tmp_path):
-    from segflow.bench.gpu_check import error_line, write_output
+    from segflow.bench.check_steps import error_line, write_output
 
     out = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
            "RuntimeError: Expected both inputs to be Half, Float or Double tensors\n\n"

@@ -54,7 +54,7 @@ def test_slurm_and_optuna_configs_compose():
     from omegaconf import OmegaConf
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        composed = compose("train", overrides=["launcher=slurm", "sweeper=optuna",
+        composed = compose("train", overrides=["launcher=slurm", "trainer=slurm", "sweeper=optuna",
                                                "slurm.partition=gpu", "slurm.gpus_per_node=4",
                                                "slurm.nodes=2"], return_hydra_config=True)
     cfg = OmegaConf.to_container(composed, resolve=False)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+from segflow.cli.overrides import open_key_overrides
 from segflow.errors import DataError
-from segflow.predict import predict_folder
-from segflow.runs.checkpoints import open_key_overrides
+from segflow.prediction import predict_folder
 
 from conftest import CONF, run_entry
 

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from segflow.data.adapters import find_pairs
 from segflow.data.datasets import load_split
-from segflow.data.layout import check, prepare
+from segflow.data.prepare.adapters import find_pairs
+from segflow.data.prepare.layout import check, prepare
 from segflow.errors import DataError
 
 

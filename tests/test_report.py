@@ -12,7 +12,9 @@ import cv2
 import pytest
 import yaml
 
-from segflow.report import find_runs, main, write_report
+from segflow.cli.report import main
+from segflow.reporting import write_report
+from segflow.runs.folders import find_runs
 
 from conftest import ROOT, assert_learned
 

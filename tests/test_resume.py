@@ -73,7 +73,7 @@ def test_ctrl_c_writes_last_ckpt_at_the_current_step(train):
 
 def test_cuda_oom_names_the_memory_keys(monkeypatch):
     from segflow.errors import OutOfMemoryAdvice
-    from segflow.train import _stop_cleanly
+    from segflow.training import _stop_cleanly
 
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cfg = OmegaConf.create({"data": {"train_bs": 4, "num_samples_per_image": 8, "image_size": 256},

@@ -114,7 +114,7 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
             case.fwd_gflops_per_image = fwd / batch / 1e9
             case.train_gflops_per_image = total / batch / 1e9
         step_net = torch.compile(net) if compile else net
-        opt = optim.build_optimizer(optimizer or optim.default_optimizer(), net, fused_adamw)
+        opt = optim.build_optimizer(optim.optimizer_factory(optimizer), net, fused_adamw)
         sched = optim.build_scheduler(scheduler or optim.warmup_schedule, opt,
                                       warmup_steps + steps)
         scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(precision) == torch.float16)

@@ -27,10 +27,9 @@ from segflow.compare.protocol import (
     DEFAULT_MODELS,
     Budgeted,
     choose_settings,
-    find_runs,
     run_seed,
 )
 from segflow.compare.table import build_rows, spearman, write_report
 
-__all__ = ["DEFAULT_MODELS", "Budgeted", "build_rows", "choose_settings", "find_runs", "run_seed",
+__all__ = ["DEFAULT_MODELS", "Budgeted", "build_rows", "choose_settings", "run_seed",
            "spearman", "write_report"]

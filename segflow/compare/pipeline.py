@@ -82,7 +82,7 @@ def run(c: Comparison) -> Path:
         P.train(c.models, c.data, c.seeds, c.sweep, c.overrides)
     wanted = set(c.models.split(",")) if c.models else None
     seeds = {int(s) for s in c.seeds.split(",")} if c.seeds else None
-    runs = {k: r for k, r in P.newest_per_model_seed(P.find_runs(P.sweep_folder(c.sweep))).items()
+    runs = {k: r for k, r in P.newest_per_model_seed(P.finished_runs(P.sweep_folder(c.sweep))).items()
             if (wanted is None or k[0] in wanted) and (seeds is None or k[1] in seeds)}
     if not runs:
         raise SystemExit(f"error: no finished runs under {P.sweep_folder(c.sweep)}; run the "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 
 from segflow.errors import ConfigError
+from segflow.runs.folders import find_runs, output_root
 
 DEFAULT_MODELS = "unet,csnet,medsegdiff_small,flow_small"
 #: The sampling settings a comparison sweeps (absent = the method does not have it).
@@ -21,20 +21,16 @@ GRID_KEYS = ("steps", "n_samples", "tta")
 SettingKey = tuple  # (steps, n_samples, tta)
 
 
-def output_root() -> Path:
-    return Path(os.environ.get("SEGFLOW_OUTPUT_DIR", "outputs"))
-
-
 def sweep_folder(name: str) -> Path:
     return output_root() / "multirun" / name
 
 
-def find_runs(folder: Path) -> list[Path]:
-    """Finished runs (``.hydra/config.yaml`` + ``metrics.json``) under ``folder``."""
-    if not folder.is_dir():
+def finished_runs(folder: Path) -> list[Path]:
+    """Finished runs under ``folder`` (none when it does not exist yet)."""
+    try:
+        return find_runs([folder])
+    except FileNotFoundError:
         return []
-    return sorted(p.parent.parent for p in folder.rglob(".hydra/config.yaml")
-                  if (p.parent.parent / "metrics.json").is_file())
 
 
 def run_config(run: Path) -> dict[str, Any]:

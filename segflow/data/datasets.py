@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segflow.data.io import IMAGE_EXTS, list_images, read_image, read_mask
+from segflow.data.io import IMAGE_EXTS, list_images, read_image, read_mask, require_pairs
 from segflow.data.preprocess import normalise
 from segflow.errors import DataError
 
@@ -70,14 +70,8 @@ def load_split(split_dir: str | Path, image_dir: str = "image", label_dir: str =
             raise DataError(f"{split_dir} has no {label_dir}/ folder; put the masks in {lab_folder} "
                             f"(or set data.label_dir to the folder's name)")
         labels = list_images(lab_folder)
-        for stem, path in images.items():
-            if stem not in labels:
-                raise DataError(f"image {path} has no label: expected {lab_folder}/{stem}.<ext>; "
-                                f"add the mask or remove the image")
-        for stem, path in labels.items():
-            if stem not in images:
-                raise DataError(f"label {path} has no image: expected {img_folder}/{stem}.<ext>; "
-                                f"add the image or remove the label")
+        require_pairs(images, labels, lambda stem: f"{lab_folder}/{stem}.<ext>",
+                      lambda stem: f"{img_folder}/{stem}.<ext>")
     fovs: dict[str, Path] = {}
     if fov_dir and (split_dir / fov_dir).is_dir():
         fovs = list_images(split_dir / fov_dir)

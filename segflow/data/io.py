@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -156,3 +157,19 @@ def decode_image(path: str | Path) -> np.ndarray:
         DataError: the file is missing, corrupt or not an image.
     """
     return _decode(Path(path))
+
+
+def require_pairs(images: dict[str, Path], labels: dict[str, Path],
+                  expected_label: Callable[[str], str], expected_image: Callable[[str], str]
+                  ) -> None:
+    """Every image has a label and every label an image (same key); else a DataError naming
+    the first file without its partner and where the partner was expected
+    (``expected_label(key)``, ``expected_image(key)``)."""
+    for key, path in images.items():
+        if key not in labels:
+            raise DataError(f"image {path} has no label: expected {expected_label(key)}; "
+                            f"add the mask or remove the image")
+    for key, path in labels.items():
+        if key not in images:
+            raise DataError(f"label {path} has no image: expected {expected_image(key)}; "
+                            f"add the image or remove the label")

@@ -45,6 +45,9 @@ FINGERPRINT_KEYS: dict[str, tuple[str, ...] | None] = {
     # the trainer settings that change the optimisation's numbers
     "trainer": ("precision", "accumulate_grad_batches", "gradient_clip_val",
                 "gradient_clip_algorithm", "deterministic", "sync_batchnorm"),
+    # debug=...: the batch settings it uses in place of data.* (a smoke run never resumes
+    # into a real one)
+    "debug": ("data",),
 }
 
 
@@ -54,6 +57,8 @@ def fingerprint(cfg: DictConfig) -> str:
     part: dict[str, Any] = {}
     for section, keys in FINGERPRINT_KEYS.items():
         node = cfg.get(section)
+        if node is None and section == "debug":  # only runs under the debug group have it
+            continue
         value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
         if keys is not None and isinstance(value, dict):
             value = {k: v for k, v in value.items() if k in keys}

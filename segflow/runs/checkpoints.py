@@ -1,7 +1,5 @@
-"""A run's checkpoints: find them, rebuild the trained model, choose EMA or raw weights.
-
-Used by ``segflow.eval``, ``segflow.predict`` and the benchmarks (Hydra/OmegaConf here and
-in the entry points only).
+"""A run's checkpoints: find them and rebuild the trained model (:func:`load_model`, the one
+loader of the API, ``SegModule.load_from_checkpoint``, evaluation and prediction).
 """
 
 from __future__ import annotations
@@ -18,25 +16,6 @@ from segflow.atomic import torch_load_checked
 from segflow.errors import ConfigError, find_user_error
 
 log = logging.getLogger(__name__)
-
-#: Config groups whose dotted keys are added to (not only overridden in) the config.
-OPEN_KEYS = ("model.", "data.", "grid.")
-
-
-def run_folder(path: str | Path) -> Path:
-    """The run folder of a run folder or of ``<run>/checkpoints/<x>.ckpt``."""
-    path = Path(path)
-    if path.is_file():
-        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return path
-
-
-def open_key_overrides(argv: list[str]) -> list[str]:
-    """Prefix ``model.*``, ``data.*`` and ``grid.*`` overrides with ``++``: these groups are
-    empty in eval.yaml (the values come from the checkpoint), so Hydra would refuse keys
-    it has not seen. Idempotent (DDP child processes re-run the same command line)."""
-    return [f"++{a}" if a.startswith(OPEN_KEYS) and "=" in a else a for a in argv]
-
 
 def best_val_score(ckpt: dict[str, Any]) -> float | None:
     """The monitored validation score saved by ``ModelCheckpoint`` in a checkpoint."""
@@ -74,29 +53,39 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch_load_checked(path, lambda: torch.load(path, map_location="cpu", weights_only=False))
 
 
-def load_module(path: str | Path, which: str = "best", overrides: dict[str, Any] | None = None):
-    """Rebuild a :class:`~segflow.lit_module.SegModule` from a checkpoint or run folder.
+def load_model(path: str | Path, which: str = "best", weights: str = "ema",
+               overrides: dict[str, Any] | None = None) -> tuple[Any, DictConfig, dict[str, Any]]:
+    """Rebuild a trained :class:`~segflow.lit_module.SegModule` from a checkpoint or run folder.
 
     The network and method are rebuilt from the resolved config stored in the checkpoint
-    (no pickled modules), then the weights are loaded.
+    (no pickled modules), then the weights are loaded; the file is read once.
 
     Args:
         path: a ``.ckpt`` file or a run folder.
         which: ``best`` or ``last`` (for a run folder).
+        weights: ``ema`` (the checkpoint's weights: the average when training kept one) or
+            ``raw`` (the weights before averaging, where an EMA run kept them).
         overrides: dotted keys merged into the stored ``model`` config first
             (e.g. ``{"method.steps": 10}``).
 
     Returns:
-        (module, config) — the module in eval mode and the run's config (DictConfig).
+        (module in eval mode, the run's config, checkpoint metadata for ``metrics.json``).
+
+    Raises:
+        ConfigError: no checkpoint there, not one written by segflow, or overrides that do
+            not fit the trained network.
     """
+    if weights not in ("ema", "raw"):
+        raise ConfigError(f"weights must be 'ema' or 'raw', got {weights!r}")
     ckpt_file = checkpoint_path(path, which)
     ckpt = load_checkpoint(ckpt_file)
     if "segflow_config" not in ckpt:
         raise ConfigError(f"{ckpt_file} has no segflow config (not written by segflow.train?)")
     cfg = OmegaConf.create(ckpt["segflow_config"])
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    for key, value in overrides.items():
         OmegaConf.update(cfg.model, key, value, merge=True)
-    flat = OmegaConf.to_container(OmegaConf.create(overrides or {}))
+    flat = OmegaConf.to_container(OmegaConf.create(overrides))
     given = ", ".join(f"model.{k}={v}" for k, v in _flatten(flat).items()) or "none"
     try:
         module = instantiate(cfg.model)
@@ -107,8 +96,14 @@ def load_module(path: str | Path, which: str = "best", overrides: dict[str, Any]
         first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise ConfigError(f"the model of {ckpt_file} cannot be built with the overrides "
                           f"({given}): {first[:200]}; drop or fix them") from None
+    state = ckpt["state_dict"]
+    if weights == "raw":
+        if "current_model_state" in ckpt:  # EMA runs keep the raw weights beside the average
+            state = ckpt["current_model_state"]
+        else:
+            log.info("%s kept no EMA: its weights are the raw weights", ckpt_file)
     try:
-        module.load_state_dict(ckpt["state_dict"])
+        module.load_state_dict(state)
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "").rstrip(".")
@@ -118,7 +113,9 @@ def load_module(path: str | Path, which: str = "best", overrides: dict[str, Any]
     module.run_config = ckpt["segflow_config"]
     module.eval()
     log.info("loaded %s (epoch %s, step %s)", ckpt_file, ckpt.get("epoch"), ckpt.get("global_step"))
-    return module, cfg
+    meta = {"checkpoint": str(ckpt_file), "epoch": ckpt.get("epoch"),
+            "global_step": ckpt.get("global_step"), "best_val_score": best_val_score(ckpt)}
+    return module, cfg, meta
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -129,46 +126,3 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     for k, v in d.items():
         out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
-
-
-def load_for_eval(cfg: DictConfig) -> tuple[Any, DictConfig, dict[str, Any]]:
-    """Rebuild the module (``model.*`` overrides merged), choose EMA or raw weights.
-
-    Returns:
-        (module, stored run config, checkpoint metadata for metrics.json).
-    """
-    if cfg.weights not in ("ema", "raw"):
-        raise ConfigError(f"weights must be 'ema' or 'raw', got {cfg.weights!r}")
-    model_cfg = cfg.get("model")
-    overrides = OmegaConf.to_container(model_cfg, resolve=True) if model_cfg is not None else {}
-    module, stored = load_module(cfg.run_dir, cfg.which, overrides)
-    ckpt_file = checkpoint_path(cfg.run_dir, cfg.which)
-    ckpt = load_checkpoint(ckpt_file)
-    if cfg.weights == "raw":
-        if "current_model_state" in ckpt:  # EMA runs keep the raw weights beside the average
-            module.load_state_dict(ckpt["current_model_state"])
-        else:
-            log.info("%s kept no EMA: its weights are the raw weights", ckpt_file)
-    meta = {"checkpoint": str(ckpt_file), "epoch": ckpt.get("epoch"),
-            "global_step": ckpt.get("global_step"), "best_val_score": best_val_score(ckpt)}
-    return module, stored, meta
-
-
-def debug_sampling(method: Any, cfg: DictConfig, logger: logging.Logger = log) -> Any:
-    """The method with its sampling settings capped by ``cfg.debug.sampling`` (set by
-    ``trainer=debug``; absent otherwise: the method is returned unchanged), and one log
-    line saying what was capped."""
-    caps = OmegaConf.select(cfg, "debug.sampling", default=None)
-    if not caps:
-        return method
-    try:
-        new, lowered = method.capped(**OmegaConf.to_container(caps, resolve=True))
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"debug.sampling={OmegaConf.to_container(caps)} ({exc}): give numbers, "
-                          f"the upper bounds of the sampling settings, e.g. "
-                          f"debug.sampling.steps=2") from None
-    if lowered:
-        logger.info("trainer=debug: sampling capped to %s (was %s); debug.sampling=null keeps "
-                    "the model's own", ", ".join(f"{k}={v}" for k, (_, v) in lowered.items()),
-                    ", ".join(f"{k}={old}" for k, (old, _) in lowered.items()))
-    return new

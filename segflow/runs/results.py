@@ -1,7 +1,7 @@
-"""Writing results: prediction PNGs, CSV / Markdown tables, JSON, and plots.
+"""Writing results: prediction PNGs, CSV / Markdown tables and plots (JSON:
+:func:`segflow.atomic.write_json`).
 
-Shared by ``segflow.eval``, ``segflow.predict`` and ``segflow.report`` (no Lightning,
-no Hydra here).
+Shared by evaluation, prediction and reports (no Lightning, no Hydra here).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import numpy as np
 
 from segflow.atomic import atomic_open
 from segflow.atomic import write_bytes as atomic_write_bytes
-from segflow.atomic import write_json as atomic_write_json
 
 if TYPE_CHECKING:  # torch is not needed to write tables (segflow.report stays light)
     from torch import Tensor
@@ -117,10 +116,6 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(r.get(k, "")) for k in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    return atomic_write_json(path, data)
 
 
 def line_groups(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:

@@ -1,7 +1,7 @@
 """Native layouts of public vessel datasets → a list of (split, stem, image, label, fov) pairs.
 
 Each adapter only *finds and pairs* files; decoding, validation and writing are done by
-:mod:`segflow.data.layout`. Adapters raise :class:`~segflow.errors.DataError` naming the
+:mod:`segflow.data.prepare.layout`. Adapters raise :class:`~segflow.errors.DataError` naming the
 file or folder and the fix when the layout is not what the dataset's download contains.
 
 Kinds: ``drive``, ``chase``, ``dca1`` (alias ``angios``: the XCA "Angios" sets, ``N.png``
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from segflow.data.io import IMAGE_EXTS, list_images
+from segflow.data.io import IMAGE_EXTS, list_images, require_pairs
 from segflow.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -84,14 +84,8 @@ def _match(folder: Path, pattern: str) -> tuple[dict[str, Path], list[Path]]:
 def _pair(images: dict[str, Path], labels: dict[str, Path], image_hint: str,
           label_hint: str) -> list[str]:
     """Keys present in both; an image without label (or the reverse) is an error."""
-    for key, path in images.items():
-        if key not in labels:
-            raise DataError(f"image {path} has no label: expected {label_hint.format(id=key)}; "
-                            f"add the mask or remove the image")
-    for key, path in labels.items():
-        if key not in images:
-            raise DataError(f"label {path} has no image: expected {image_hint.format(id=key)}; "
-                            f"add the image or remove the label")
+    require_pairs(images, labels, lambda key: label_hint.format(id=key),
+                  lambda key: image_hint.format(id=key))
     if not images:
         raise DataError(f"no images found (expected files like {image_hint.format(id='1')}); "
                         f"check the source folder")
@@ -141,7 +135,7 @@ def chase(source: Path, train_ids: tuple[int, int] = (1, 10)) -> Found:
     """CHASE_DB1 (Fraz et al., IEEE TBME 2012): one flat folder of ``Image_01L.jpg`` +
     ``Image_01L_1stHO.png`` (+ ``_2ndHO``). The common split: children 01–10 (20 images)
     train, 11–14 (8) test. No FOV masks are distributed: ``prepare`` writes thresholded
-    ones (:func:`segflow.data.fov.threshold_fov`), as the literature evaluating on it does."""
+    ones (:func:`segflow.data.prepare.fov.threshold_fov`), as the literature evaluating on it does."""
     _need_dir(source, "CHASE_DB1 is one folder of Image_NNx.jpg with Image_NNx_1stHO.png")
     imgs, rest = _match(source, r"(?P<id>Image_\d+[LR])\.(jpg|jpeg|png|tif)")
     labs, _ = _match(source, r"(?P<id>Image_\d+[LR])_1stHO\.\w+")

@@ -1,19 +1,20 @@
-"""Output folders that are unique by construction, and names that become paths.
+"""Run folders: where outputs go, folders unique by construction, names that become paths,
+and finding the runs under a folder.
 
 A run folder is *claimed* with an atomic ``mkdir`` (``exist_ok=False``): when the name is
 taken — two runs started in the same second by a script or a job array, an earlier
 evaluation of the same setting, a second prediction of the same input folder — the next
 free suffix ``_1``, ``_2``, ... is taken instead. Two processes can never share a folder.
 
-The Hydra resolvers registered here (importing this module registers them) put this into
-the configs' ``hydra.run.dir`` / ``hydra.sweep.dir``:
+The Hydra resolvers of :mod:`segflow.conf.resolvers` put this into the configs'
+``hydra.run.dir`` / ``hydra.sweep.dir``:
 
 * ``${segflow_unique:<path>}`` claims ``<path>`` (or the next free suffix) and returns it;
   cached per config, so a multirun sweep resolves its folder once for all its jobs.
 * ``${segflow_name:<key>,<value>}`` returns ``value`` after checking that it can be one
   folder name (not empty, no ``/`` or ``\\``, not ``.`` or ``..``).
 
-Hydra/OmegaConf only (no torch).
+Standard library only (no torch, no Hydra).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import os
 import re
 import sys
 from pathlib import Path
-
-from omegaconf import OmegaConf
 
 from segflow.errors import ConfigError, SegflowError
 
@@ -120,20 +119,6 @@ def shared_claims(kind: str, paths: list[Path]) -> list[Path]:
     return claimed
 
 
-@exit_in_resolver
-def _unique(path: str) -> str:
-    return str(shared_claims("run_dir", [Path(path)])[0])
-
-
-@exit_in_resolver
-def _name(key: str, value: object) -> str:
-    return check_name(key, value)
-
-
-OmegaConf.register_new_resolver("segflow_unique", _unique, replace=True, use_cache=True)
-OmegaConf.register_new_resolver("segflow_name", _name, replace=True)
-
-
 def is_inside(child: str | Path, parent: str | Path) -> bool:
     """True when ``child`` is ``parent`` or inside it (after resolving links)."""
     c, p = Path(child).resolve(), Path(parent).resolve()
@@ -145,4 +130,53 @@ def writable_error(path: str | Path, exc: OSError) -> ConfigError:
     return _unwritable(Path(path), exc)
 
 
-__all__ = ["check_name", "claim_dir", "is_inside", "writable_error"]
+def output_root() -> Path:
+    """Where runs, sweeps, reports and comparisons go: ``$SEGFLOW_OUTPUT_DIR`` or ``outputs``
+    (the configs' ``paths.output_root`` reads the same variable)."""
+    return Path(os.environ.get("SEGFLOW_OUTPUT_DIR", "outputs"))
+
+
+def run_folder(path: str | Path) -> Path:
+    """The run folder of a run folder or of ``<run>/checkpoints/<x>.ckpt``."""
+    path = Path(path)
+    if path.is_file():
+        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path
+
+
+def eval_root(output_dir: str | None, run_dir: str | Path) -> Path:
+    """Where evaluations go: ``output_dir`` when set, else ``<run folder>/eval``.
+
+    Raises:
+        ConfigError: ``run_dir`` is empty or does not exist (nothing is created under a
+            missing path).
+    """
+    if not str(run_dir).strip():
+        raise ConfigError("run_dir is empty; pass a run folder (outputs/runs/<experiment>/<time>) "
+                          "or a .ckpt file: python -m segflow.eval run_dir=<run folder>")
+    if not Path(run_dir).exists():
+        raise ConfigError(f"run_dir={run_dir} does not exist; pass a run folder "
+                          f"(outputs/runs/<experiment>/<time>) or a .ckpt file")
+    return Path(output_dir) if output_dir else run_folder(run_dir) / "eval"
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run folders (``.hydra/config.yaml`` + ``metrics.json``) at or under ``paths``, sorted.
+
+    Raises:
+        FileNotFoundError: a path that does not exist, or no run anywhere.
+    """
+    runs: set[Path] = set()
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist; pass run folders or a multirun folder")
+        candidates = [path] if (path / ".hydra").is_dir() else [c.parent.parent for c in path.rglob(".hydra/config.yaml")]
+        runs.update(c.resolve() for c in candidates if (c / "metrics.json").is_file())
+    if not runs:
+        raise FileNotFoundError(f"no runs (folders with .hydra/config.yaml and metrics.json) under "
+                                f"{', '.join(map(str, paths))}; train first or check the path")
+    return sorted(runs)
+
+
+__all__ = ["check_name", "claim_dir", "eval_root", "find_runs", "is_inside", "output_root",
+           "run_folder", "shared_claims", "writable_error"]

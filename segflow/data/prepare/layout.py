@@ -1,7 +1,7 @@
 """Convert a public dataset's native layout into segflow's folder layout, or check one.
 
 ``python -m segflow.prepare KIND SOURCE DEST`` finds the pairs (see
-:mod:`segflow.data.adapters`), decodes and validates **every** pair (readable, same size,
+:mod:`segflow.data.prepare.adapters`), decodes and validates **every** pair (readable, same size,
 binary masks — anything else thresholded with a count), writes
 ``DEST/{train,val,test}/{image,label[,fov,label_2nd]}/<stem>.png`` (lossless PNG; images
 keep their bit depth and channels, masks become 0/255) and ``DEST/manifest.json``
@@ -13,7 +13,7 @@ place only when complete, so a failure never leaves a half-written dataset. Only
 segflow wrote (listed in the manifest) are ever replaced: files the user added are kept
 (``--force`` refuses while they are there), files edited since are kept unless ``--force``,
 and another dataset kind is never prepared into a prepared folder
-(:mod:`segflow.data.ownership`).
+(:mod:`segflow.data.prepare.ownership`).
 
 ``--check`` validates without writing: ``python -m segflow.prepare drive SRC --check``
 (a native download) or ``python -m segflow.prepare folder data/xca_full --check``
@@ -35,11 +35,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segflow.data.adapters import ADAPTERS, SPLITS, Found, Pair, find_pairs
 from segflow.data.datasets import load_split
-from segflow.data.fov import DERIVED_FOV, FOV_RULE
 from segflow.data.io import decode_image, read_mask_counted
-from segflow.data.ownership import check_dest, inspect_dest, install
+from segflow.data.prepare.adapters import ADAPTERS, SPLITS, Found, Pair, find_pairs
+from segflow.data.prepare.fov import DERIVED_FOV, FOV_RULE
+from segflow.data.prepare.ownership import check_dest, inspect_dest, install
 from segflow.errors import DataError
 from segflow.progress import bar
 
@@ -122,7 +122,7 @@ def _write_png(path: Path, arr: np.ndarray) -> str:
 
 def add_derived_fov(kind: str, checked: list[Checked]) -> None:
     """Datasets that distribute no FOV masks (CHASE_DB1) get the thresholded one of
-    :func:`segflow.data.fov.threshold_fov` as ``fov``."""
+    :func:`segflow.data.prepare.fov.threshold_fov` as ``fov``."""
     rule = DERIVED_FOV.get(kind)
     if rule is None:
         return

@@ -1,0 +1,35 @@
+"""``python -m segflow.bench.gpu_check`` (``make gpu-check``): the prepared GPU check.
+
+Examples:
+    python -m segflow.bench.gpu_check                     # every step (about 8 minutes)
+    python -m segflow.bench.gpu_check --only ddp,flow     # a subset
+    python -m segflow.bench.gpu_check --dry-run           # compose every step's config only
+
+See :mod:`segflow.bench.check_steps` for the steps and what is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from segflow.bench import check_steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (``segflow-gpu-check``); returns the exit status."""
+    p = argparse.ArgumentParser(prog="python -m segflow.bench.gpu_check",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="output folder (default <output_root>/gpu_check/<time>)")
+    p.add_argument("--dry-run", action="store_true", help="compose every step's config only")
+    p.add_argument("--only", help="comma-separated step names (bench,ddp,drive_csnet_gpu,flow,"
+                                  "medsegdiff)")
+    args = p.parse_args(argv)
+    steps = check_steps.default_steps()
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {s.name for s in steps}
+        if unknown:
+            p.error(f"--only: unknown step(s) {sorted(unknown)}")
+        steps = [s for s in steps if s.name in wanted]
+    return check_steps.run_check(steps, args.out, args.dry_run)

@@ -1,0 +1,41 @@
+"""``python -m segflow.predict``: segment a folder of new (unlabelled) images.
+
+Examples:
+    python -m segflow.predict run_dir=outputs/runs/unet_synthetic_xca/<time> input_dir=my_images
+    python -m segflow.predict run_dir=<run>/checkpoints/last.ckpt input_dir=in output_dir=out device=cuda:1
+    python -m segflow.predict run_dir=<run> input_dir=in model.method.steps=10 model.method.n_samples=8
+
+Writes ``<stem>_mask.png``, ``<stem>_prob.png`` (and, for ensembles,
+``<stem>_uncertainty.png``) and ``predictions.csv``; see :mod:`segflow.prediction`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from segflow.cli.overrides import open_key_overrides
+from segflow.conf.resolvers import register_resolvers
+from segflow.errors import exit_on_user_error
+from segflow.prediction import predict_folder
+
+log = logging.getLogger("segflow.predict")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def _hydra_main(cfg: DictConfig) -> None:
+    with exit_on_user_error(log):
+        predict_folder(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+def main() -> None:
+    """Entry point (``segflow-predict``): ``model.*`` overrides are merged into the run's
+    config (see eval)."""
+    sys.argv[1:] = open_key_overrides(sys.argv[1:])
+    register_resolvers()
+    _hydra_main()

@@ -1,0 +1,33 @@
+"""``python -m segflow.report``: many runs → one comparison table (CSV + Markdown) and plots.
+
+Examples:
+    python -m segflow.report outputs/multirun/arch/2026-01-01_12-00-00        # a sweep
+    python -m segflow.report outputs/runs/unet_xca/<t1> outputs/runs/flow_xca/<t2> --out cmp/
+    make report RUNS="outputs/multirun/arch/<time>"
+
+See :mod:`segflow.reporting` for what is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from segflow.errors import SegflowError
+from segflow.reporting import write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (``segflow-report``); returns the exit status (2: a user error)."""
+    parser = argparse.ArgumentParser(prog="python -m segflow.report",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", help="run folders or folders holding runs (a multirun sweep)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+    args = parser.parse_args(argv)
+    try:
+        write_report(args.paths, args.out)
+    except (FileNotFoundError, SegflowError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,41 @@
+"""``python -m segflow.train``: compose the config, fit, test the best checkpoint.
+
+Examples:
+    python -m segflow.train                                  # default model on synthetic XCA
+    python -m segflow.train model=csnet data=synthetic_octa trainer.max_epochs=1
+    python -m segflow.train -m model=unet,csnet debug=default   # one folder per job
+    python -m segflow.train ckpt_path=outputs/runs/.../checkpoints/last.ckpt   # resume
+    python -m segflow.train resume=auto        # newest last.ckpt of this experiment + config
+    python -m segflow.train trainer=ddp trainer.devices=[0,1]          # DDP on two GPUs
+    python -m segflow.train -m model=unet,csnet trainer=ddp launcher=joblib   # DDP jobs in parallel
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from segflow.conf.resolvers import register_resolvers
+from segflow.errors import exit_on_user_error
+from segflow.training import train
+
+log = logging.getLogger("segflow.train")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """One job; returns the objective for Hydra sweepers (validation Dice, else test Dice)."""
+    with exit_on_user_error(log):
+        summary = train(cfg)
+    score = summary.get("best_val_dice")
+    if score is None:
+        score = summary.get("test", {}).get("dice")
+    return score
+
+
+def main() -> None:
+    """Entry point (``segflow-train``)."""
+    register_resolvers()
+    _hydra_main()
