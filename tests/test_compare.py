@@ -49,7 +49,10 @@ def test_compare_selects_on_val_tests_once_over_seeds_and_sites(workdir):
                          workdir, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     out = workdir / "table"
-    done = run_entry("segflow.compare", [*args, *also, "--report-only", "--out", str(out)], workdir)
+    page = workdir / "results.md"
+    page.write_text("# Results\n\nKept by hand.\n")
+    done = run_entry("segflow.compare", [*args, *also, "--report-only", "--out", str(out),
+                                         "--into", str(page)], workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     report = out / "compare.csv"
     with report.open() as f:
@@ -90,6 +93,22 @@ def test_compare_selects_on_val_tests_once_over_seeds_and_sites(workdir):
     assert len(tests) == len(chosen) * 2 * 2  # settings x seeds x test sets
     md = report.with_name("compare.md").read_text()
     assert "Commit `" in md and "--seeds 0,1" in md and "± " in md and "95 % CI" in md
+    text = page.read_text()  # the page's section holds the same tables; the rest is kept
+    assert text.startswith("# Results\n\nKept by hand.") and "<!-- segflow.compare compare_synthetic_xca -->" in text
+    assert "**Test set: folder@other_site**" in text and "hardware:" in text
+
+
+def test_update_section_replaces_only_its_own_block(tmp_path):
+    from segflow.compare.table import update_section
+
+    page = tmp_path / "r.md"
+    page.write_text("intro\n")
+    update_section(page, "a", "table A v1")
+    update_section(page, "b", "table B")
+    update_section(page, "a", "table A v2")
+    text = page.read_text()
+    assert text.startswith("intro\n") and "table A v1" not in text
+    assert text.index("table A v2") < text.index("table B") and text.count("segflow.compare a -->") == 2
 
 
 def test_selection_follows_val_not_test():
@@ -112,7 +131,8 @@ def test_selection_follows_val_not_test():
 
 def test_recipe_sweep_script_reports_each_recipe_under_the_grid(workdir):
     """docs/scripts/recipe_sweep.sh at toy size: the flow family's two recipes are trained
-    (joblib, two at a time), each sampled under the grid, and the report tells them apart."""
+    (joblib, two at a time), each sampled under the grid on the val split, and the report
+    tells them apart."""
     import os
     import subprocess
     import sys
@@ -128,10 +148,11 @@ def test_recipe_sweep_script_reports_each_recipe_under_the_grid(workdir):
     (report,) = (workdir / "outputs" / "multirun" / "recipe_flow").glob("*/report")
     with (report / "report.csv").open() as f:
         runs = {r["run"]: r for r in csv.DictReader(f)}
-    assert sorted(r["model.method.time_sampling"] for r in runs.values()) == ["logit_normal", "uniform"]
+    assert sorted(str(r["model.method.recycle"]) for r in runs.values()) == ["0", "0.5"]
     with (report / "evals.csv").open() as f:
         evals = list(csv.DictReader(f))
     assert sorted((e["run"], e["steps"], e["n_samples"]) for e in evals) == sorted(
         (run, steps, "1") for run in runs for steps in ("1", "2"))
     for e in evals:
         assert 0.0 <= float(e["dice"]) <= 1.0 and float(e["nfe_per_image"]) == int(e["steps"])
+        assert e["split"] == "val"

@@ -3,7 +3,8 @@
 # training recipe of medsegdiff_small and flow_small on one dataset at one budget, the
 # supervised nets beside them, each generative run sampled under one grid, one report per
 # family (report/report.md: a row per run with the overrides that differ; report/evals.md:
-# a row per run and sampling setting).
+# a row per run and sampling setting). Recipes are compared on the **val** split: the test
+# split is for the settings chosen here, evaluated once (python -m segflow.compare).
 #
 #   bash docs/scripts/recipe_sweep.sh [overrides...]
 #   PY=python JOBS=4 PARALLEL=0 SEEDS=0,1 FAMILIES="supervised medsegdiff flow" \
@@ -28,8 +29,8 @@ declare -A sweeps=(
   [supervised]="model=unet,csnet"
   # diffusion: what the network predicts x the segmentation losses on the predicted x0
   [medsegdiff]="model=medsegdiff_small model.method.prediction=eps,x0,v model.method.dice_weight=0,1 model.method.bce_weight=0,1"
-  # flow matching: where training times sit (logit_normal: the preset's logit_mean)
-  [flow]="model=flow_small model.method.time_sampling=uniform,logit_normal"
+  # flow matching: training on states built from the model's own estimate (recycling) or not
+  [flow]="model=flow_small model.method.recycle=0,0.5"
 )
 pids=()
 for family in $FAMILIES; do
@@ -49,8 +50,8 @@ for family in $FAMILIES; do
   [ "$family" = supervised ] && continue
   newest=$(ls -d "$root/recipe_$family"/*/ | sort | tail -1)
   find "$newest" -mindepth 2 -maxdepth 2 -name metrics.json -printf "%h\n" | sort
-done | xargs -P "$JOBS" -I{} $PY -m segflow.eval run_dir={} "grid.steps=[$STEPS]" \
-  "grid.n_samples=[$SAMPLES]" data.num_workers=0
+done | xargs -P "$JOBS" -I{} $PY -m segflow.eval run_dir={} split=val "grid.steps=[$STEPS]" \
+  "grid.n_samples=[$SAMPLES]" data.num_workers=0 save_images=false
 
 for family in $FAMILIES; do
   $PY -m segflow.report "$(ls -d "$root/recipe_$family"/*/ | sort | tail -1)"

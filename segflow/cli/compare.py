@@ -50,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
                    help="a further prepared test set, e.g. dca1:data/other_site (repeatable)")
     p.add_argument("--name", default=None, help="sweep name (default compare_<data>)")
     p.add_argument("--out", type=Path, default=None, help="report folder")
+    p.add_argument("--into", type=Path, default=None, help="also write the tables into this "
+                   "Markdown page (a section marked with the sweep name, replaced on re-runs)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table from the "
                    "evaluations that exist")
     p.add_argument("--skip-train", action="store_true", help="evaluate and table the runs that exist")
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             data=args.data, models=args.models, seeds=args.seeds,
             nfe=args.nfe, steps=args.steps, samples=args.samples, tta=args.tta,
             also_test=args.also_test,
-            name=args.name, out=args.out, train=not (args.report_only or args.skip_train),
+            name=args.name, out=args.out, into=args.into,
+            train=not (args.report_only or args.skip_train),
             evaluate=not args.report_only, overrides=args.overrides)
         run(comparison)
     except ConfigError as exc:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segflow.compare import protocol as P
-from segflow.compare.table import build_rows, markdown, write_report
+from segflow.compare.table import build_rows, markdown, update_section, write_report
 from segflow.errors import ConfigError
 
 
@@ -26,6 +26,7 @@ class Comparison:
     also_test: list[str] = field(default_factory=list)
     name: str | None = None
     out: Path | None = None
+    into: Path | None = None  # a Markdown page whose section <name> receives the tables
     train: bool = True
     evaluate: bool = True
     overrides: list[str] = field(default_factory=list)
@@ -124,5 +125,8 @@ def run(c: Comparison) -> Path:
               f"Dice over seeds within each NFE budget), then tested once. Runs:\n\n"
               + "".join(f"- {m} seed {s}: `{r}`\n" for (m, s), r in runs.items()))
     write_report(out, rows, header)
+    if c.into is not None:
+        update_section(c.into, c.sweep, f"{header.replace('# segflow comparison', '### Comparison', 1)}"
+                       f"\n{markdown(rows)}")
     print(f"\n{markdown(rows)}\ncomparison of {len(runs)} runs written to {out}", flush=True)
     return out

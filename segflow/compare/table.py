@@ -178,3 +178,19 @@ def write_report(out: Path, rows: list[dict[str, Any]], header: str) -> Path:
     write_csv(out / "compare.csv", rows, list(COLUMNS))
     write_text(out / "compare.md", f"{header}\n{markdown(rows)}")
     return out
+
+
+def update_section(path: Path, name: str, text: str) -> Path:
+    """Write ``text`` into the Markdown file ``path`` between the markers
+    ``<!-- segflow.compare NAME -->`` and ``<!-- /segflow.compare NAME -->`` (replacing what
+    they held; appended with the markers when absent), so a results page's tables are
+    written by the command, never by hand."""
+    start, end = f"<!-- segflow.compare {name} -->", f"<!-- /segflow.compare {name} -->"
+    old = path.read_text() if path.is_file() else ""
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in old and end in old:
+        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + ("\n\n" if old.strip() else "") + block + "\n"
+    write_text(path, new)
+    return path
