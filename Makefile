@@ -8,6 +8,8 @@ PORT    ?= 6006
 MODE    ?= quick
 # make sweep: the architectures and dataset of the predefined sweep.
 MODELS  ?= unet,csnet,medsegdiff_small,flow_small
+# make compare: the training seeds.
+SEEDS   ?= 0
 DATA    ?= synthetic_xca
 # make sweep-lr: one model, these peak learning rates.
 MODEL   ?= unet
@@ -56,9 +58,10 @@ sweep: | $(NEEDS_VENV)  ## the architecture sweep: MODELS=unet,csnet,medsegdiff_
 sweep-lr: | $(NEEDS_VENV)  ## a learning-rate sweep: MODEL=unet LRS=1e-4,3e-4,1e-3,3e-3 DATA=... [ARGS=...]
 	$(PY) -m segflow.train -m model=$(MODEL) data=$(DATA) model.learning_rate=$(LRS) launcher=$(LAUNCHER) sweep_name=lr_$(MODEL)_$(DATA) $(ARGS)
 
-# make compare: train MODELS on DATA with one budget, grid-evaluate the generative ones, one table.
-compare: | $(NEEDS_VENV)  ## fair comparison: DATA=synthetic_xca [MODELS=unet,flow_small] [ARGS="data.root=... trainer.max_epochs=20"]
-	$(PY) -m segflow.compare --data $(DATA) --models $(MODELS) $(ARGS)
+# make compare: train MODELS x SEEDS on DATA with one budget, choose settings on val, test once, one table.
+compare: | $(NEEDS_VENV)  ## fair comparison: DATA=synthetic_xca [MODELS=unet,flow_small] [SEEDS=0,1,2] [ARGS="data.root=... --nfe 1,4"]
+	@if [ -z "$(strip $(MODELS))" ]; then echo "make compare: MODELS is empty; give model presets, e.g. MODELS=unet,flow_small"; exit 2; fi
+	$(PY) -m segflow.compare --data $(DATA) --models $(MODELS) --seeds $(SEEDS) $(ARGS)
 
 logs:  ## follow the newest run's log (console.log of a BG=1 run, else train.log)
 	@new=$$(ls -t $$(find $${SEGFLOW_OUTPUT_DIR:-outputs} \( -name console.log -o -name train.log \) 2>/dev/null) 2>/dev/null | head -1); \
