@@ -52,3 +52,15 @@ def test_help_lists_every_documented_target():
     for target in documented:
         assert re.search(rf"^  make {re.escape(target)}\s+\S", out, flags=re.M), target
     assert {"train", "test", "help", "bench", "install"} <= set(documented)
+
+
+def test_compare_passes_seeds_and_refuses_an_empty_model_list(tmp_path):
+    shutil.copy(ROOT / "Makefile", tmp_path)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").touch()
+    line = _make(tmp_path, "-n", "compare", "DATA=dca1", "SEEDS=0,1,2").splitlines()[-1]
+    assert "-m segflow.compare --data dca1 --models unet,csnet,medsegdiff_small,flow_small --seeds 0,1,2" in line
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PY")}
+    proc = subprocess.run(["make", "--no-print-directory", "-C", str(tmp_path), "compare", "MODELS=",
+                           "ARGS=trainer=debug"], capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode != 0 and "MODELS is empty" in proc.stdout + proc.stderr
