@@ -21,7 +21,11 @@ from conftest import assert_learned
 SMALL = ["model=medsegdiff", "model.net.channel_mult=[1,2]", "model.net.attention=false",
          "model.method.timesteps=50",
          "model.method.sampler=ddim", "model.method.steps=2", "model.method.n_samples=2",
-         "debug.sampling.n_samples=2"]  # trainer=debug caps the ensemble at 1; 2 for the uncertainty
+         "debug.sampling.n_samples=2",  # trainer=debug caps the ensemble at 1; 2 for the uncertainty
+         # 150 optimiser steps with a short EMA so that the averaged weights have learned: the
+         # 2 steps of trainer=debug leave an untrained x0-predictor whose masks are empty.
+         "trainer.max_epochs=25", "trainer.limit_train_batches=6", "trainer.check_val_every_n_epoch=25",
+         "model.ema_decay=0.9", "model.learning_rate=3e-3", "model.method.dice_weight=1"]
 SETTINGS = [("ddpm", None, 50), ("ddim", 10, 10), ("ddim", 50, 50), ("dpm_solver", 10, 10),
             ("dpm_solver", 20, 20)]
 
@@ -31,7 +35,7 @@ def test_medsegdiff_trains_and_one_checkpoint_evaluates_under_every_sampler(trai
     assert run.parent.name == "medsegdiff_synthetic_xca"
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["model"] == "medsegdiff"
-    assert_learned(summary["test"])
+    assert_learned(summary["test"], dice_floor=0.1, auc_floor=0.7)
     ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert "averaging_state" in ckpt  # EMA on by default for the diffusion preset
     # The validation grid has the uncertainty column: image|truth|pred|uncertainty|error.
@@ -60,7 +64,7 @@ def test_medsegdiff_trains_and_one_checkpoint_evaluates_under_every_sampler(trai
         results[(sampler, steps)] = module.test_results
     assert len(results) == 5
     for metrics in results.values():
-        assert_learned(metrics)
+        assert_learned(metrics, dice_floor=0.1, auc_floor=0.7)
 
 
 def test_medsegdiff_small_preset_composes_and_runs(train):
