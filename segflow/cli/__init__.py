@@ -1,0 +1,1 @@
+"""Thin entry points: parse the command line, compose the config, call the library."""
