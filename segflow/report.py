@@ -13,10 +13,13 @@ A *run* is a folder with ``.hydra/config.yaml`` and ``metrics.json`` (what
   whose values differ between the runs, and the test metrics of the best checkpoint;
 * ``evals.csv`` / ``evals.md`` — a row per ``segflow.eval`` result found in the runs
   (``<run>/eval/<tag>/metrics.json``): sampling settings and metrics;
-* ``metrics.png`` (bars per run) and, when evaluations vary the sampling cost,
-  ``dice_vs_nfe.png``.
+* ``metrics.png`` (bars per run, short labels) and, when evaluations vary the sampling
+  cost, ``dice_vs_nfe.png``;
+* ``curves.png`` (training curves), ``panel_<image>.png`` (each run's prediction, error
+  map and uncertainty on a few test images) and ``report.html``, one page holding the
+  tables and figures (:mod:`segflow.report_html`; ``--no-pictures`` skips them).
 
-Torch-free: reading JSON/CSV/YAML and plotting only, so it runs in a second.
+The tables and metric plots read JSON/CSV/YAML only; the panels load each run's model.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import yaml
 
 from segflow.atomic import write_text
 from segflow.errors import SegflowError
+from segflow.report_html import short_labels, write_report_page
 from segflow.rundirs import claim_dir
 from segflow.runs.results import (
     TABLE_METRICS,
@@ -139,8 +143,13 @@ def _numeric(rows: list[dict[str, Any]], key: str) -> bool:
     return any(isinstance(r.get(key), (int, float)) and r.get(key) is not None for r in rows)
 
 
-def write_report(paths: list[str | Path], out: Path | None = None) -> Path:
-    """Build the tables and plots for the runs at or under ``paths``; returns the folder."""
+def write_report(paths: list[str | Path], out: Path | None = None, pictures: bool = True,
+                 names: list[str] | None = None, device: str = "cpu") -> Path:
+    """Build the tables and plots for the runs at or under ``paths``; returns the folder.
+
+    ``pictures``: also training curves, qualitative panels (of the test images ``names``,
+    default the best / median / worst) and ``report.html`` (see :mod:`segflow.report_html`).
+    """
     runs = find_runs(paths)
     if out is None:
         if len(paths) == 1:
@@ -163,7 +172,8 @@ def write_report(paths: list[str | Path], out: Path | None = None) -> Path:
     write_text(out / "report.md",
         f"# segflow report: {len(run_rows)} runs\n\nTest metrics of each run's best checkpoint "
         f"(`metrics.json`); full columns in `report.csv`.\n\n{table}")
-    plot_bars(out / "metrics.png", [r["run"] for r in run_rows],
+    labels = short_labels(runs, {run: _overrides(run) for run in runs})
+    plot_bars(out / "metrics.png", [labels.get(Path(r["run_dir"]), r["run"]) for r in run_rows],
               {k: [float(r.get(k) or 0.0) for r in run_rows]
                for k in ("dice", "cldice", "auc") if k in shown},
               title="test metrics per run")
@@ -179,6 +189,12 @@ def write_report(paths: list[str | Path], out: Path | None = None) -> Path:
                        ["dice", "cldice", "seconds_per_image"],
                        group_by=["run", *line_groups(eval_rows, settings)], log_x=True,
                        title="quality vs sampling cost across runs")
+    if pictures:  # curves, qualitative panels and report.html (segflow.report_html)
+        write_report_page(out, [Path(r["run_dir"]) for r in run_rows], labels, [
+            ("runs", run_rows, ident + shown + ["best_val_dice"]),
+            *([("evaluations", eval_rows, cols)] if eval_rows else [])],
+            [("test metrics per run", out / "metrics.png"),
+             ("quality vs sampling cost", out / "dice_vs_nfe.png")], names, device)
     print(f"report of {len(run_rows)} runs written to {out}", flush=True)
     return out
 
@@ -187,9 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segflow.report", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders or folders holding runs (a multirun sweep)")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
+    parser.add_argument("--images", nargs="*", default=None,
+                        help="test images of the qualitative panel (default: best, median, worst)")
+    parser.add_argument("--device", default="cpu", help="where the panel's predictions run")
+    parser.add_argument("--no-pictures", action="store_true",
+                        help="tables and metric plots only (no model is loaded)")
     args = parser.parse_args(argv)
     try:
-        write_report(args.paths, args.out)
+        write_report(args.paths, args.out, not args.no_pictures, args.images, args.device)
     except (FileNotFoundError, SegflowError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
