@@ -36,6 +36,7 @@ from segflow.callbacks.logger_media import build_loggers, log_config
 from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError, exit_on_user_error
+from segflow.failed_runs import discard_unstarted_run
 from segflow.runs.auto_resume import fingerprint, resolve_resume
 from segflow.runs.checkpoints import debug_sampling
 from segflow.runs.logs import build_many, route_lightning_logs_to_file
@@ -253,7 +254,7 @@ def _stop_cleanly(cfg: DictConfig, trainer: pl.Trainer | None,
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the objective for Hydra sweepers (validation Dice, else test Dice)."""
-    with exit_on_user_error(log):
+    with exit_on_user_error(log), discard_unstarted_run(log):  # no folder for a failed start
         summary = train(cfg)
     score = summary.get("best_val_dice")
     if score is None:
