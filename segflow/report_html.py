@@ -218,7 +218,8 @@ def qualitative_panels(out: Path, runs: Sequence[Path], labels: dict[Path, str],
     stems = choose(scores, wanted) if wanted is None else wanted
     if not stems:
         return []
-    preds = {run: run_model.predict([images[s] for s in stems])
+    # One image per call (seed 0 each): a panel does not depend on which others are drawn.
+    preds = {run: run_model.predict([images[s] for s in stems], batch_size=1)
              for run, run_model in zip(runs, loaded, strict=True)}
     return [_draw_panel(out / f"panel_{stem}.png", stem, images[stem], masks[stem],
                         [(labels[run], preds[run][i]) for run in runs])
@@ -237,6 +238,9 @@ def _draw_panel(path: Path, stem: str, image_path: Path, truth: np.ndarray,
     image = read_image(image_path, 1)[..., 0]
     uncertain = any(seg.uncertainty is not None for _, seg in rows)
     cols = 3 if uncertain else 2
+    # One scale for every run's uncertainty (comparable), stretched to the largest spread.
+    top = max([float(seg.uncertainty.max()) for _, seg in rows if seg.uncertainty is not None]
+              + [1e-6])
     h, w = truth.shape
     cell_w, cell_h = 2.6 * w / max(h, w), 2.6 * h / max(h, w)
     fig, axes = plt.subplots(len(rows) + 1, cols, squeeze=False,
@@ -256,8 +260,8 @@ def _draw_panel(path: Path, stem: str, image_path: Path, truth: np.ndarray,
         axes[r][1].imshow(error_map(seg.mask, truth))
         axes[r][1].set_title("TP white · FP red · FN blue", fontsize=8)
         if uncertain and seg.uncertainty is not None:
-            axes[r][2].imshow(seg.uncertainty, cmap="magma", vmin=0, vmax=0.5)
-            axes[r][2].set_title("uncertainty (std)", fontsize=8)
+            axes[r][2].imshow(seg.uncertainty, cmap="magma", vmin=0, vmax=top)
+            axes[r][2].set_title(f"uncertainty (std, 0–{top:.2f})", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
