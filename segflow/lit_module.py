@@ -34,7 +34,8 @@ def timing_device(device: torch.device, warmup: int) -> dict[str, Any]:
         index = device.index if device.index is not None else torch.cuda.current_device()
         name = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     else:
-        name = f"{device.type} ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        name = f"{device.type} ({n} thread{'s' if n != 1 else ''})"
     return {"device": name, "warmup_passes": int(warmup)}
 
 

@@ -120,7 +120,8 @@ def collect(runs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
             settings_keys.update(dict.fromkeys(settings))
             eval_rows.append({"run": label, "model": ev.get("model"), "data": ev.get("data"),
                               "split": ev.get("split"), "eval": result.parent.name,
-                              **ev.get("metrics", {}), **settings})
+                              **ev.get("metrics", {}), **settings,
+                              "device": (ev.get("timing") or {}).get("device")})
     return run_rows, eval_rows, differing, list(settings_keys)
 
 
@@ -180,7 +181,8 @@ def write_report(paths: list[str | Path], out: Path | None = None, pictures: boo
     print(f"\n{table}", flush=True)
     if eval_rows:
         cols = ["run", "model", "data", "split", "eval", *settings,
-                *[k for k in TABLE_METRICS if _numeric(eval_rows, k)]]
+                *[k for k in TABLE_METRICS if _numeric(eval_rows, k)],
+                *(["device"] if any(r.get("device") for r in eval_rows) else [])]
         write_csv(out / "evals.csv", eval_rows,
                   cols + list(dict.fromkeys(k for r in eval_rows for k in r if k not in cols)))
         write_text(out / "evals.md", f"# segflow evaluations\n\n{markdown_table(eval_rows, cols)}")
