@@ -4,6 +4,7 @@ network to 1e-4 on CPU, export.json beside them, and one-sentence refusals."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -14,10 +15,13 @@ from segflow.errors import ConfigError
 from segflow.export import export_network, load_torchscript, missing_onnx
 from segflow.networks import MedSegDiff
 
-from conftest import TOY_ENV, run_entry
+from conftest import ROOT, TOY_ENV, run_entry
 
 
 def _export(run, workdir, *args, env=None):
+    # The caller's PYTHONPATH stays visible (where an optional extra may be installed).
+    paths = [(env or {}).get("PYTHONPATH", str(ROOT)), os.environ.get("PYTHONPATH", "")]
+    env = {**(env or {}), "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     proc = run_entry("segflow.export", [f"run_dir={run}", *args], workdir, env=env)
     return proc, run / "export"
 

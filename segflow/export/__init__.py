@@ -98,7 +98,9 @@ def input_names(net: nn.Module) -> list[str]:
 
 def exportable(net: nn.Module) -> nn.Module:
     """What is exported: the denoiser itself, or a supervised network with its sigmoid."""
-    return net if is_denoiser(net) else Probabilities(net)
+    # In eval mode, the wrapper too: exporters restore the wrapper's mode afterwards, and a
+    # wrapper left in training mode would put the network's BatchNorm back into it.
+    return (net if is_denoiser(net) else Probabilities(net)).eval()
 
 
 #: ``torch.jit`` is marked as superseded by ``torch.export``, which writes no TorchScript
