@@ -23,10 +23,11 @@ from segflow.errors import disk_error, find_user_error
 UNSTARTED = frozenset({".hydra", "train.log", "preprocess.json"})
 
 
-def is_unstarted(run_dir: Path) -> bool:
-    """True when ``run_dir`` holds only :data:`UNSTARTED` files and empty folders."""
+def is_unstarted(run_dir: Path, also: tuple[str, ...] = ()) -> bool:
+    """True when ``run_dir`` holds only :data:`UNSTARTED` files (and ``also``) and empty
+    folders."""
     for entry in run_dir.iterdir():
-        if entry.name in UNSTARTED:
+        if entry.name in UNSTARTED or entry.name in also:
             continue
         if entry.is_dir() and not any(p.is_file() for p in entry.rglob("*")):
             continue  # e.g. an empty tensorboard/ a logger created
@@ -35,18 +36,19 @@ def is_unstarted(run_dir: Path) -> bool:
 
 
 @contextmanager
-def discard_unstarted_run(log: logging.Logger) -> Iterator[None]:
-    """On a user error (see :mod:`segflow.errors`) in the block, remove the Hydra run folder
-    when :func:`is_unstarted`; the error then propagates unchanged (rank 0 only)."""
+def discard_unstarted_run(log: logging.Logger, also: tuple[str, ...] = ()) -> Iterator[None]:
+    """On a user error (see :mod:`segflow.errors`) in the block, remove the Hydra output
+    folder when :func:`is_unstarted` (``also``: other files that count as nothing, e.g.
+    ``export.log``); the error then propagates unchanged (rank 0 only)."""
     try:
         yield
     except Exception as exc:
         if find_user_error(exc) is not None or disk_error(exc) is not None:
-            _discard(log)
+            _discard(log, also)
         raise
 
 
-def _discard(log: logging.Logger) -> None:
+def _discard(log: logging.Logger, also: tuple[str, ...] = ()) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from segflow.rundirs import _is_secondary_rank
@@ -55,7 +57,7 @@ def _discard(log: logging.Logger) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
     except ValueError:  # not inside a Hydra job
         return
-    if _is_secondary_rank() or not run_dir.is_dir() or not is_unstarted(run_dir):
+    if _is_secondary_rank() or not run_dir.is_dir() or not is_unstarted(run_dir, also):
         return
     shutil.rmtree(run_dir, ignore_errors=True)
     try:  # the experiment's folder, when this was its only run

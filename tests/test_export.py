@@ -118,5 +118,10 @@ def test_bad_format_and_missing_checkpoint_are_one_sentence(tiny_runs, tmp_path)
     proc = run_entry("segflow.export", [f"run_dir={empty}"], tiny_runs.workdir)
     assert proc.returncode == 2 and "no checkpoint at" in proc.stderr
     assert "Traceback" not in proc.stderr and not (empty / "export").exists()
+    # A failure after the folder was made (weights that do not fit) leaves no folder either.
+    before = sorted(root.iterdir()) if root.is_dir() else []
+    proc, root = _export(run, tiny_runs.workdir, "model.net.base_channels=8")
+    assert proc.returncode == 2 and "do not fit" in proc.stdout + proc.stderr
+    assert (sorted(root.iterdir()) if root.is_dir() else []) == before
     with pytest.raises(ConfigError, match="format=tflite"):
         export_network(torch.nn.Conv2d(1, 1, 1), tmp_path, "tflite")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segflow.errors import ConfigError, exit_on_user_error
 from segflow.export import check_format
+from segflow.failed_runs import discard_unstarted_run
 from segflow.rundirs import claim_dir, exit_in_resolver
 from segflow.runs.checkpoints import checkpoint_path, open_key_overrides, run_folder
 
@@ -64,7 +66,10 @@ def export(cfg: DictConfig, out: Path) -> Path:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def _hydra_main(cfg: DictConfig) -> None:
-    with exit_on_user_error(log):
+    # A folder this export claimed is removed again when it fails (a given output_dir stays).
+    discard = (nullcontext() if cfg.get("output_dir")
+               else discard_unstarted_run(log, also=("export.log",)))
+    with exit_on_user_error(log), discard:
         export(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
