@@ -139,3 +139,21 @@ def test_error_map_colours_and_short_labels(tmp_path):
     assert list(short_labels(runs, over).values()) == [
         "unet learning_rate=0.1", "unet learning_rate=0.2", "flow"]
     assert list(short_labels(runs).values()) == ["unet a", "unet b", "flow"]
+
+
+def test_training_curves_from_a_csv_log(tmp_path):
+    from segflow.report_html import plot_curves, read_scalars
+
+    run = tmp_path / "run"
+    (run / "csv").mkdir(parents=True)
+    (run / "metrics.json").write_text('{"model": "unet"}')
+    (run / "csv" / "metrics.csv").write_text(
+        "epoch,step,train/loss_step,val/dice\n0,0,1.5,\n0,1,1.2,\n0,1,,0.3\n1,3,0.9,\n1,3,,0.5\n")
+    scalars = read_scalars(run)
+    assert [(s, v) for s, _, v in scalars["train/loss_step"]] == [(0, 1.5), (1, 1.2), (3, 0.9)]
+    assert [(s, v) for s, _, v in scalars["val/dice"]] == [(1, 0.3), (3, 0.5)]
+    png = plot_curves(tmp_path / "curves.png", [run], {run: "unet"})
+    assert png is not None and cv2.imread(str(png)).shape[1] > 500
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert plot_curves(tmp_path / "none.png", [empty], {empty: "x"}) is None
