@@ -187,7 +187,10 @@ def write_report(paths: list[str | Path], out: Path | None = None, pictures: boo
                   cols + list(dict.fromkeys(k for r in eval_rows for k in r if k not in cols)))
         write_text(out / "evals.md", f"# segflow evaluations\n\n{markdown_table(eval_rows, cols)}")
         if len({r.get("nfe_per_image") for r in eval_rows}) > 1:
-            plot_lines(out / "dice_vs_nfe.png", eval_rows, "nfe_per_image",
+            short = {r["run"]: labels.get(Path(r["run_dir"]), r["run"]) for r in run_rows}
+            plot_lines(out / "dice_vs_nfe.png",  # legend: the short labels
+                       [{**r, "run": short.get(r["run"], r["run"])} for r in eval_rows],
+                       "nfe_per_image",
                        ["dice", "cldice", "seconds_per_image"],
                        group_by=["run", *line_groups(eval_rows, settings)], log_x=True,
                        title="quality vs sampling cost across runs")
