@@ -1,1 +1,1 @@
-"""Thin entry points: parse the command line, compose the config, call the library."""
+"""Command-line entry points: each parses its arguments, composes, and calls the library."""
