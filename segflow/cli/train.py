@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from segflow.conf.resolvers import register_resolvers
 from segflow.errors import exit_on_user_error
+from segflow.failed_runs import discard_unstarted_run
 from segflow.training import train
 
 log = logging.getLogger("segflow.train")
@@ -27,7 +28,7 @@ log = logging.getLogger("segflow.train")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     """One job; returns the objective for Hydra sweepers (validation Dice, else test Dice)."""
-    with exit_on_user_error(log):
+    with exit_on_user_error(log), discard_unstarted_run(log):  # no folder for a failed start
         summary = train(cfg)
     score = summary.get("best_val_dice")
     if score is None:

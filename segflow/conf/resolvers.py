@@ -10,6 +10,8 @@ as its one sentence and exits with status 2 (:func:`~segflow.runs.folders.exit_i
 * ``segflow_eval_root:<output_dir>,<run_dir>``: where an evaluation writes (``eval.yaml``);
 * ``segflow_predict_dir:<output_dir>,<run_dir>,<input_dir>``: the folder of a prediction
   (``predict.yaml``);
+* ``segflow_export_dir:<output_dir>,<run_dir>,<format>``: the folder of an export
+  (``export.yaml``);
 * ``segflow.rank0_only:<value>`` / ``segflow.rank_log:<stem>``: ``.hydra/`` and the log file
   of global rank 0 only, where every task of a job runs Hydra (``launcher=slurm``).
 """
@@ -35,6 +37,12 @@ def _predict_dir(output_dir: str | None, run_dir: str, input_dir: str) -> str:
     return str(output_folder(output_dir, run_dir, input_dir))
 
 
+def _export_dir(output_dir: str | None, run_dir: str, fmt: str) -> str:
+    from segflow.cli.export import output_folder  # torch: imported when used
+
+    return str(output_folder(output_dir, run_dir, fmt))
+
+
 def register_resolvers() -> None:
     """Register (or re-register) the resolvers above; idempotent."""
     OmegaConf.register_new_resolver(
@@ -45,6 +53,8 @@ def register_resolvers() -> None:
         "segflow_eval_root", exit_in_resolver(lambda out, run: str(eval_root(out, run))),
         replace=True)
     OmegaConf.register_new_resolver("segflow_predict_dir", exit_in_resolver(_predict_dir),
+                                    replace=True, use_cache=True)
+    OmegaConf.register_new_resolver("segflow_export_dir", exit_in_resolver(_export_dir),
                                     replace=True, use_cache=True)
     OmegaConf.register_new_resolver(
         "segflow.rank0_only", lambda value: value if _global_rank() == 0 else None, replace=True)
