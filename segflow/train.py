@@ -35,7 +35,9 @@ from segflow.atomic import AtomicCheckpointIO, write_json
 from segflow.callbacks.logger_media import build_loggers, log_config
 from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
+from segflow.distributed_faults import guarded_training, strategy_with_timeout
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError, exit_on_user_error
+from segflow.preemption import slurm_plugins
 from segflow.runs.auto_resume import fingerprint, resolve_resume
 from segflow.runs.checkpoints import debug_sampling
 from segflow.runs.logs import build_many, route_lightning_logs_to_file
@@ -74,6 +76,10 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
         raise ConfigError(f"trainer=fsdp needs CUDA GPUs: Lightning runs FSDP on CUDA only "
                           f"(got trainer.accelerator={accelerator}); on CPU use trainer=ddp "
                           f"trainer.accelerator=cpu")
+    strategy_obj = strategy_with_timeout(t, cfg.get("ddp_timeout_s"))  # collectives end
+    if strategy_obj is not None and "strategy" not in kwargs:
+        kwargs["strategy"] = strategy_obj
+    kwargs["plugins"] = [*(kwargs.get("plugins") or []), *slurm_plugins(cfg)]  # pre-emption
     if not any(hasattr(p, "save_checkpoint") for p in (t.get("plugins") or [])):
         kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
     try:
@@ -253,7 +259,8 @@ def _stop_cleanly(cfg: DictConfig, trainer: pl.Trainer | None,
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the objective for Hydra sweepers (validation Dice, else test Dice)."""
-    with exit_on_user_error(log):
+    run_dir = HydraConfig.get().runtime.output_dir
+    with exit_on_user_error(log), guarded_training(run_dir, primary=not is_ddp_child()):
         summary = train(cfg)
     score = summary.get("best_val_dice")
     if score is None:
