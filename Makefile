@@ -58,6 +58,8 @@ sweep-lr: | $(NEEDS_VENV)  ## a learning-rate sweep: MODEL=unet LRS=1e-4,3e-4,1e
 
 # make compare: train MODELS on DATA with one budget, grid-evaluate the generative ones, one table.
 compare: | $(NEEDS_VENV)  ## fair comparison: DATA=synthetic_xca [MODELS=unet,flow_small] [ARGS="data.root=... trainer.max_epochs=20"]
+	$(if $(strip $(MODELS)),,$(error MODELS is empty: name the models to compare, e.g. make compare MODELS=unet,flow_small))
+	$(if $(strip $(DATA)),,$(error DATA is empty: name the dataset, e.g. make compare DATA=synthetic_xca))
 	$(PY) -m segflow.compare --data $(DATA) --models $(MODELS) $(ARGS)
 
 logs:  ## follow the newest run's log (console.log of a BG=1 run, else train.log)

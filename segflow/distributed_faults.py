@@ -36,6 +36,7 @@ from segflow.runs.failed import (
     is_stop,
     mark_failed,
     newest_checkpoint,
+    secondary_rank,
 )
 
 log = logging.getLogger(__name__)
@@ -155,10 +156,11 @@ def _kill(children: list) -> None:
 
 
 @contextmanager
-def guarded_training(run_dir: str | Path, primary: bool = True) -> Iterator[None]:
+def guarded_training(run_dir: str | Path, primary: bool | None = None) -> Iterator[None]:
     """Everything above around one training job: a failure removes or marks the run
     folder (:func:`segflow.runs.failed.failed_run_guard`), a lost peer is one sentence,
     a dead DDP child marks the folder before the job is killed."""
+    primary = not secondary_rank() if primary is None else primary
     with failed_run_guard(run_dir, primary=primary, who="rank 0" if primary else "DDP rank > 0"), \
             faults_as_errors(run_dir), mark_on_child_death(run_dir):
         yield

@@ -34,11 +34,13 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segflow.atomic import write_text as atomic_write_text
 from segflow.callbacks.prediction_writer import TestPredictionWriter
+from segflow.config_files import check_config_dirs
 from segflow.errors import ConfigError, exit_on_user_error
 from segflow.progress import sampling_progress
 from segflow.rundirs import exit_in_resolver, shared_claims
@@ -48,6 +50,7 @@ from segflow.runs.checkpoints import (
     open_key_overrides,
     run_folder,
 )
+from segflow.runs.failed import failed_claims, failed_run_guard
 from segflow.runs.logs import route_lightning_logs_to_file
 from segflow.runs.results import (
     TABLE_METRICS,
@@ -257,12 +260,16 @@ def write_grid(folder: Path, rows: list[dict[str, Any]], keys: list[str]) -> Non
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
-    with exit_on_user_error(log):
+    logs = Path(HydraConfig.get().runtime.output_dir)  # <eval root>/logs/<time>
+    with exit_on_user_error(log), failed_run_guard(
+            logs, prune_up_to=eval_root(cfg.get("output_dir"), cfg.run_dir).parent), \
+            failed_claims("eval"):
         evaluate(cfg)
 
 
 def main() -> None:
     """Entry point: rewrite the open-group overrides, then run Hydra."""
+    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
     sys.argv[1:] = open_key_overrides(sys.argv[1:])
     _hydra_main()
 

@@ -30,19 +30,22 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
+from segflow.config_files import check_config_dirs
+from segflow.data.finite import check_finite_output
 from segflow.data.io import IMAGE_EXTS, list_images
 from segflow.data.preprocess import Preprocess
 from segflow.errors import ConfigError, DataError, exit_on_user_error
 from segflow.inference import resolve_device
 from segflow.metrics import betti_numbers, member_topology
 from segflow.progress import sampling_progress
-from segflow.rundirs import exit_in_resolver, is_inside, shared_claims
+from segflow.rundirs import check_writable, exit_in_resolver, is_inside, shared_claims
 from segflow.runs.checkpoints import (
     debug_sampling,
     load_for_eval,
     open_key_overrides,
     run_folder,
 )
+from segflow.runs.failed import failed_run_guard
 from segflow.runs.results import save_prediction_pngs, write_csv
 from segflow.validate import validate_eval
 
@@ -77,9 +80,16 @@ def output_folder(output_dir: str | None, run_dir: str, input_dir: str) -> Path:
     return shared_claims("predict", [run_folder(run_dir) / "predict" / f"{inp.name}-{digest}"])[0]
 
 
+def _predict_dir(out: str | None, run: str, inp: str, overwrite: bool = False) -> str:
+    folder = output_folder(out, run, inp)
+    if out:  # refused before Hydra writes .hydra/ into it: a refused folder stays as it was
+        check_overwrites(folder, list(list_images(Path(inp))), bool(overwrite))
+        check_writable(folder)
+    return str(folder)
+
+
 OmegaConf.register_new_resolver(
-    "segflow_predict_dir", exit_in_resolver(lambda out, run, inp: str(output_folder(out, run, inp))),
-    replace=True, use_cache=True)
+    "segflow_predict_dir", exit_in_resolver(_predict_dir), replace=True, use_cache=True)
 
 
 def check_overwrites(out: Path, stems: list[str], overwrite: bool) -> None:
@@ -160,6 +170,7 @@ def predict_folder(cfg: DictConfig, out: Path | None = None) -> list[dict[str, A
         with sampling_progress():  # a bar for long sampling loops (e.g. 1000-step DDPM)
             pred = module(x)
         seconds = time.perf_counter() - start
+        check_finite_output(pred.probs, path.name)  # no NaN mask, no empty mask
         save_prediction_pngs(out, stem, pred.probs[0], None if pred.uncertainty is None
                              else pred.uncertainty[0], threshold)
         binary = (pred.probs[0, 0] > threshold).cpu().numpy()
@@ -188,12 +199,15 @@ def predict_folder(cfg: DictConfig, out: Path | None = None) -> list[dict[str, A
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def _hydra_main(cfg: DictConfig) -> None:
-    with exit_on_user_error(log):
-        predict_folder(cfg, Path(HydraConfig.get().runtime.output_dir))
+    out = Path(HydraConfig.get().runtime.output_dir)
+    with exit_on_user_error(log), failed_run_guard(None if cfg.get("output_dir") else out,
+                                                   prune_up_to=run_folder(cfg.run_dir)):
+        predict_folder(cfg, out)
 
 
 def main() -> None:
     """Entry point: ``model.*`` overrides are merged into the run's config (see eval)."""
+    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
     sys.argv[1:] = open_key_overrides(sys.argv[1:])
     _hydra_main()
 

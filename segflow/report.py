@@ -32,8 +32,10 @@ from typing import Any
 import yaml
 
 from segflow.atomic import write_text
-from segflow.errors import SegflowError
-from segflow.rundirs import claim_dir
+from segflow.errors import SegflowError, disk_error
+from segflow.rundirs import claim_dir, writable_error
+from segflow.runs.failed import is_failed, print_skipped
+from segflow.runs.result_shapes import result_problem
 from segflow.runs.results import (
     TABLE_METRICS,
     line_groups,
@@ -59,7 +61,11 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist; pass run folders or a multirun folder")
         candidates = [path] if (path / ".hydra").is_dir() else [c.parent.parent for c in path.rglob(".hydra/config.yaml")]
-        runs.update(c.resolve() for c in candidates if (c / "metrics.json").is_file())
+        for c in candidates:
+            if is_failed(c):  # by rule: a run marked FAILED is not compared
+                print_skipped(c)
+            elif (c / "metrics.json").is_file():
+                runs.add(c.resolve())
     if not runs:
         raise FileNotFoundError(f"no runs (folders with .hydra/config.yaml and metrics.json) under "
                                 f"{', '.join(map(str, paths))}; train first or check the path")
@@ -97,7 +103,7 @@ def collect(runs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                  and k not in ("model", "data")]
     run_rows, eval_rows, settings_keys = [], [], {}
     for run in runs:
-        summary = read_json(run / "metrics.json")
+        summary = read_json(run / "metrics.json", "run")
         if summary is None:
             continue
         label = _label(run, root)
@@ -109,8 +115,8 @@ def collect(runs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         row["run_dir"] = str(run)
         run_rows.append(row)
         for result in sorted((run / "eval").glob("*/metrics.json")):
-            ev = read_json(result)
-            if ev is None:
+            ev = read_json(result, "eval")
+            if ev is None or is_failed(result.parent):
                 continue
             settings = ev.get("settings") or {}
             settings_keys.update(dict.fromkeys(settings))
@@ -120,7 +126,7 @@ def collect(runs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return run_rows, eval_rows, differing, list(settings_keys)
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path, kind: str = "run") -> dict[str, Any] | None:
     """A result file, or None (with a warning naming it) when it is damaged: one bad file
     must not stop the report of all the others."""
     try:
@@ -132,6 +138,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         print(f"warning: skipped {path}: not a segflow result (a JSON object)", file=sys.stderr)
         return None
+    problem = result_problem(data, kind)
+    if problem is not None:
+        print(f"warning: skipped {path}: {problem}; re-run that {kind} or delete the file",
+              file=sys.stderr, flush=True)
+        return None
     return data
 
 
@@ -142,6 +153,10 @@ def _numeric(rows: list[dict[str, Any]], key: str) -> bool:
 def write_report(paths: list[str | Path], out: Path | None = None) -> Path:
     """Build the tables and plots for the runs at or under ``paths``; returns the folder."""
     runs = find_runs(paths)
+    run_rows, eval_rows, differing, settings = collect(runs)
+    if not run_rows:  # checked before any folder is made: a failed report leaves none
+        raise FileNotFoundError(f"none of the {len(runs)} runs under {', '.join(map(str, paths))} "
+                                f"has a readable metrics.json (see the warnings above)")
     if out is None:
         if len(paths) == 1:
             out = Path(paths[0]) / "report"
@@ -149,11 +164,10 @@ def write_report(paths: list[str | Path], out: Path | None = None) -> Path:
             base = Path(os.environ.get("SEGFLOW_OUTPUT_DIR", "outputs"))
             out = base / "reports" / time.strftime("%Y-%m-%d_%H-%M-%S")
         out = claim_dir(out)  # a new folder: an earlier report is never replaced
-    out.mkdir(parents=True, exist_ok=True)
-    run_rows, eval_rows, differing, settings = collect(runs)
-    if not run_rows:
-        raise FileNotFoundError(f"none of the {len(runs)} runs under {', '.join(map(str, paths))} "
-                                f"has a readable metrics.json (see the warnings above)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise writable_error(out, exc) from None
     ident = ["run", "model", "data", *differing]
     shown = [k for k in SHOWN if _numeric(run_rows, k)]
     metric_cols = [k for k in TABLE_METRICS if _numeric(run_rows, k)]
@@ -192,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         write_report(args.paths, args.out)
     except (FileNotFoundError, SegflowError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only or full place
+        if disk_error(exc) is None:
+            raise
+        print(f"error: {disk_error(exc)}", file=sys.stderr)
         return 2
     return 0
 

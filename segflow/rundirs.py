@@ -140,9 +140,26 @@ def is_inside(child: str | Path, parent: str | Path) -> bool:
     return c == p or p in c.parents
 
 
+def check_writable(path: str | Path) -> Path:
+    """Create ``path`` if needed and check that files can be written in it (before Hydra
+    opens a log file there).
+
+    Raises:
+        ConfigError: read-only, full or not permitted, naming the folder.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise _unwritable(path, OSError(errno.EACCES, "permission denied"))
+    return path
+
+
 def writable_error(path: str | Path, exc: OSError) -> ConfigError:
     """An OSError while writing ``path`` as one sentence (read-only, full, no permission)."""
     return _unwritable(Path(path), exc)
 
 
-__all__ = ["check_name", "claim_dir", "is_inside", "writable_error"]
+__all__ = ["check_name", "check_writable", "claim_dir", "is_inside", "writable_error"]

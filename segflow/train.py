@@ -34,6 +34,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from segflow.atomic import AtomicCheckpointIO, write_json
 from segflow.callbacks.logger_media import build_loggers, log_config
 from segflow.callbacks.resume import ExactResume, InterruptCheckpoint
+from segflow.config_files import check_config_dirs
 from segflow.distributed import ChildCommand, hydra_ddp_job, hydra_quote, is_ddp_child
 from segflow.distributed_faults import guarded_training, strategy_with_timeout
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError, exit_on_user_error
@@ -260,7 +261,7 @@ def _stop_cleanly(cfg: DictConfig, trainer: pl.Trainer | None,
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the objective for Hydra sweepers (validation Dice, else test Dice)."""
     run_dir = HydraConfig.get().runtime.output_dir
-    with exit_on_user_error(log), guarded_training(run_dir, primary=not is_ddp_child()):
+    with exit_on_user_error(log), guarded_training(run_dir):
         summary = train(cfg)
     score = summary.get("best_val_dice")
     if score is None:
@@ -269,4 +270,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
     main()

@@ -111,15 +111,18 @@ def is_stop(exc: BaseException) -> bool:
 
 
 def settle_failed_folder(folder: str | Path, reason: str, *, may_remove: bool = True,
-                         who: str = "") -> str:
+                         who: str = "", prune_up_to: str | Path | None = None) -> str:
     """Remove ``folder`` when it holds only a failed start's bookkeeping (and
-    ``may_remove``), else mark it ``FAILED``; returns "removed", "marked" or "gone"."""
+    ``may_remove``), else mark it ``FAILED``; returns "removed", "marked" or "gone".
+    After a removal, parents left empty are removed too, up to (not including)
+    ``prune_up_to`` when it is one of them (``<run>/eval/logs/`` of a failed evaluation)."""
     folder = Path(folder)
     if not folder.is_dir():
         return "gone"
     try:
         if may_remove and not holds_results(folder):
             shutil.rmtree(folder)
+            _prune(folder.parent, prune_up_to)
             return "removed"
         if not is_failed(folder) or may_remove:  # the primary process's reason wins
             mark_failed(folder, reason, who)
@@ -129,21 +132,63 @@ def settle_failed_folder(folder: str | Path, reason: str, *, may_remove: bool = 
         return "gone"
 
 
+def secondary_rank() -> bool:
+    """A DDP / SLURM process other than the job's first (it never removes folders)."""
+    return any(os.environ.get(k, "0") not in ("", "0")
+               for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+def _prune(folder: Path, stop: str | Path | None) -> None:
+    if stop is None:
+        return
+    stop = Path(stop).resolve()
+    cur = folder.resolve()
+    while cur != stop and stop in cur.parents:
+        try:
+            cur.rmdir()  # only when empty
+        except OSError:
+            return
+        cur = cur.parent
+
+
 @contextmanager
-def failed_run_guard(folder: str | Path | None, *, primary: bool = True,
-                     who: str = "") -> Iterator[None]:
+def failed_run_guard(folder: str | Path | None, *, primary: bool | None = None, who: str = "",
+                     prune_up_to: str | Path | None = None) -> Iterator[None]:
     """Around a command whose output folder already exists: when the command fails (an
     exception, or ``sys.exit`` with a non-zero status other than a deliberate stop), the
     folder is removed or marked ``FAILED`` (:func:`settle_failed_folder`); the error goes
     on. Secondary processes (DDP ranks > 0, ``primary=False``) never remove it and only
-    mark it when the primary process did not."""
+    mark it when the primary process did not (default: from the environment)."""
+    primary = not secondary_rank() if primary is None else primary
     try:
         yield
     except BaseException as exc:
         if folder is not None and not is_stop(exc) and not isinstance(exc, KeyboardInterrupt):
             reason = (f"exited with status {exc.code}" if isinstance(exc, SystemExit)
                       else failure_reason(exc))
-            settle_failed_folder(folder, reason, may_remove=primary, who=who)
+            settle_failed_folder(folder, reason, may_remove=primary, who=who,
+                                 prune_up_to=prune_up_to)
+        raise
+
+
+@contextmanager
+def failed_claims(kind: str) -> Iterator[None]:
+    """Around a command that claims result folders with
+    :func:`segflow.rundirs.shared_claims` (``kind``: "eval"): when it fails, each folder it
+    claimed is removed if still empty of results, else marked ``FAILED``."""
+    key = f"SEGFLOW_CLAIMED_{kind.upper()}"
+    before = os.environ.get(key)
+    try:
+        yield
+    except BaseException as exc:
+        after = os.environ.get(key)
+        if after and after != before and not is_stop(exc) and not secondary_rank():
+            import json
+
+            reason = (f"exited with status {exc.code}" if isinstance(exc, SystemExit)
+                      else failure_reason(exc))
+            for folder in json.loads(after):
+                settle_failed_folder(folder, reason)
         raise
 
 
