@@ -547,7 +547,8 @@ def test_failed_training_leaves_no_run_folder(workdir):
             (["model.net.base_channels=sixteen"], "model.net.base_channels='sixteen' is not valid"),
             (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
             (["data=folder", f"data.root={empty}"], "no images")):
-        proc = run_entry("segflow.train", [*TINY, "trainer=debug", *args], workdir)
+        tiny = [t for t in TINY if not (args[0].startswith("data=") and t.startswith("data.synthetic"))]
+        proc = run_entry("segflow.train", [*tiny, "trainer=debug", *args], workdir)
         out = proc.stdout + proc.stderr
         assert proc.returncode == 2 and phrase in out and "Traceback" not in out, out[-2000:]
         assert run_dirs(workdir) == [], args
@@ -700,3 +701,38 @@ def test_make_compare_with_empty_models_is_one_sentence():
     out = subprocess.run(["make", "-s", "-n", "-C", str(ROOT), "compare", "MODELS=", "PY=python3"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "MODELS is empty: name the models to compare" in out.stderr
+
+
+def test_failed_run_guard_removes_only_a_users_failed_start(tmp_path):
+    import sys
+
+    from segflow.errors import ConfigError
+    from segflow.runs.failed import failed_reason, failed_run_guard
+
+    def start(name: str, *files: str) -> Path:
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / "train.log").write_text("log")
+        for f in files:
+            (folder / f).parent.mkdir(parents=True, exist_ok=True)
+            (folder / f).write_text("x")
+        return folder
+
+    cases = [  # (folder, error, files beside Hydra's, primary, kept with this FAILED reason)
+        ("typo", ConfigError("model.x=1 is not valid"), (), True, None),
+        ("crash", RuntimeError("boom\nmore"), (), True, "RuntimeError: boom"),
+        ("trained", ConfigError("data gone"), ("checkpoints/last.ckpt",), True, "data gone"),
+        ("background", ConfigError("bad value"), ("console.log",), True, "bad value"),
+        ("rank1", ConfigError("bad value"), (), False, "bad value"),
+    ]
+    for name, exc, files, primary, kept in cases:
+        folder = start(name, *files)
+        with pytest.raises(type(exc)), failed_run_guard(folder, primary=primary):
+            raise exc
+        assert folder.exists() == (kept is not None), name
+        if kept is not None:
+            assert failed_reason(folder) == kept, name
+    stopped = start("stopped", "checkpoints/last.ckpt")  # SIGTERM's clean stop: not a failure
+    with pytest.raises(SystemExit), failed_run_guard(stopped, primary=True):
+        sys.exit(143)
+    assert not (stopped / "FAILED").exists()

@@ -1,11 +1,12 @@
 """Failed runs leave nothing behind, or say so.
 
-A command that fails after its folder was created either removes that folder — when it
+A command that fails after its folder was created either removes that folder — when the
+failure is the user's mistake (a bad value, file or place: exit status 2) and the folder
 holds nothing but what the failed start itself wrote (Hydra's ``.hydra/``, the log files,
-``preprocess.json``, empty logger folders): a configuration error leaves no dead run — or,
-when it holds results of its own (checkpoints, a metrics file, files it did not write),
-marks it with a ``FAILED`` file: the error in one line, then when it happened and the
-newest intact checkpoint, if any.
+``preprocess.json``, logger folders): a configuration error leaves no dead run — or marks
+it with a ``FAILED`` file (results of its own such as checkpoints, files it did not write,
+or a crash whose log must stay): the error in one line, then when it happened and the
+newest checkpoint, if any.
 
 By rule, ``segflow.report`` skips runs marked ``FAILED``, and ``resume=auto`` considers
 such a run only through a checkpoint that was written whole before the failure (a run
@@ -138,6 +139,14 @@ def secondary_rank() -> bool:
                for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
+def users_mistake(exc: BaseException) -> bool:
+    """A bad value, file or place (exit status 2), not a crash or a lost DDP rank."""
+    if isinstance(exc, SystemExit):
+        return exc.code == 2
+    user = find_user_error(exc) or disk_error(exc)
+    return user is not None and getattr(user, "exit_code", 2) == 2
+
+
 def _prune(folder: Path, stop: str | Path | None) -> None:
     if stop is None:
         return
@@ -166,8 +175,9 @@ def failed_run_guard(folder: str | Path | None, *, primary: bool | None = None, 
         if folder is not None and not is_stop(exc) and not isinstance(exc, KeyboardInterrupt):
             reason = (f"exited with status {exc.code}" if isinstance(exc, SystemExit)
                       else failure_reason(exc))
-            settle_failed_folder(folder, reason, may_remove=primary, who=who,
-                                 prune_up_to=prune_up_to)
+            # Only a user's mistake removes the folder: a crash keeps its log (marked).
+            settle_failed_folder(folder, reason, may_remove=primary and users_mistake(exc),
+                                 who=who, prune_up_to=prune_up_to)
         raise
 
 
@@ -188,7 +198,7 @@ def failed_claims(kind: str) -> Iterator[None]:
             reason = (f"exited with status {exc.code}" if isinstance(exc, SystemExit)
                       else failure_reason(exc))
             for folder in json.loads(after):
-                settle_failed_folder(folder, reason)
+                settle_failed_folder(folder, reason, may_remove=users_mistake(exc))
         raise
 
 
