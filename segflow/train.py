@@ -80,7 +80,8 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
     strategy_obj = strategy_with_timeout(t, cfg.get("ddp_timeout_s"))  # collectives end
     if strategy_obj is not None and "strategy" not in kwargs:
         kwargs["strategy"] = strategy_obj
-    kwargs["plugins"] = [*(kwargs.get("plugins") or []), *slurm_plugins(cfg)]  # pre-emption
+    if requeue := slurm_plugins(cfg):  # SLURM pre-emption: checkpoint and requeue
+        kwargs["plugins"] = [*(kwargs.get("plugins") or []), *requeue]
     if not any(hasattr(p, "save_checkpoint") for p in (t.get("plugins") or [])):
         kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
     try:
