@@ -244,6 +244,27 @@ def check_inference(settings: dict[str, Any] | None) -> dict[str, Any]:
     return s
 
 
+# The dihedral transforms in the order test-time augmentation adds them: identity, horizontal
+# flip, vertical flip, half turn, then the quarter turns and the two transposes. Each is
+# (quarter turns, mirror the last axis afterwards).
+_DIHEDRAL = ((0, False), (0, True), (2, True), (2, False), (1, False), (3, False), (1, True),
+             (3, True))
+
+
+def dihedral(x: Tensor, index: int) -> Tensor:
+    """The ``index``-th transform of :data:`_DIHEDRAL` applied to (..., H, W)."""
+    turns, mirror = _DIHEDRAL[index]
+    x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
+    return x.flip(-1) if mirror else x
+
+
+def dihedral_inverse(x: Tensor, index: int) -> Tensor:
+    """Undo :func:`dihedral` (the same ``index``)."""
+    turns, mirror = _DIHEDRAL[index]
+    x = x.flip(-1) if mirror else x
+    return torch.rot90(x, -turns, dims=(-2, -1)) if turns else x
+
+
 def predict_image(method: Method, net: nn.Module, image: Tensor,
                   generator: torch.Generator | None = None, tile_size: int | None = None,
                   overlap: float = 0.25, max_whole_size: int | None = None,
@@ -251,6 +272,14 @@ def predict_image(method: Method, net: nn.Module, image: Tensor,
     """Segment images of any size: whole (padded) when ``max(H, W) <= max_whole_size``
     (or ``max_whole_size`` is None), else a Gaussian-blended sliding window of
     ``tile_size`` tiles (``max_whole_size: 0`` always tiles).
+
+    With ``method.tta = n > 1`` (test-time augmentation), the image is also predicted
+    under the first n of: horizontal flip, vertical flip, half turn, quarter turns,
+    transposes; each prediction is mapped back and every pass (× every ensemble member)
+    becomes a member: ``probs`` is their mean, ``uncertainty`` their per-pixel standard
+    deviation (Wang et al., "Aleatoric uncertainty estimation with test-time augmentation
+    for medical image segmentation", Neurocomputing 2019), and the image costs n times the
+    network evaluations.
 
     Args:
         image: (B, C, H, W) normalised images.
@@ -261,9 +290,24 @@ def predict_image(method: Method, net: nn.Module, image: Tensor,
     Returns:
         :class:`Prediction` at the input's (H, W).
     """
-    if max_whole_size is None or max(image.shape[-2:]) <= int(max_whole_size):
-        return predict_whole(method, net, image, generator)
-    if tile_size is None:
-        raise ValueError("inference.tile_size is needed when images exceed max_whole_size")
-    return predict_sliding(method, net, image, int(tile_size), overlap, sigma_scale, tile_batch,
-                           generator)
+    passes = int(getattr(method, "tta", 1))
+
+    def one(x: Tensor) -> Prediction:
+        if max_whole_size is None or max(x.shape[-2:]) <= int(max_whole_size):
+            return predict_whole(method, net, x, generator)
+        if tile_size is None:
+            raise ValueError("inference.tile_size is needed when images exceed max_whole_size")
+        return predict_sliding(method, net, x, int(tile_size), overlap, sigma_scale, tile_batch,
+                               generator)
+
+    if passes == 1:
+        return one(image)
+    members, nfe = [], 0
+    for index in range(passes):
+        pred = one(dihedral(image, index))
+        stack = pred.samples if pred.samples is not None else pred.probs.unsqueeze(1)
+        members.append(dihedral_inverse(stack, index))
+        nfe = pred.nfe
+    samples = torch.cat(members, dim=1)  # (B, passes x members, C, H, W)
+    return Prediction(probs=samples.mean(dim=1), uncertainty=samples.std(dim=1, unbiased=False),
+                      samples=samples, nfe=nfe)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import math
+import json
 from pathlib import Path
 
 import pytest
@@ -25,44 +25,89 @@ def test_spearman_matches_closed_forms():
     assert spearman([1, 1, 1], [1, 2, 3]) is None and spearman([1, 2], [2, 1]) is None
 
 
-def test_compare_merges_families_trained_separately(workdir):
-    grid = ["--steps", "1,2", "--samples", "1,2"]
-    first = run_entry("segflow.compare", ["--data", "synthetic_xca", "--models", "unet,medsegdiff_small",
-                                          *grid, *TINY, "trainer=debug"], workdir, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    # flow_small's own test (2 steps x 4 members, capped by trainer=debug to 2 x 1) is not
-    # in this grid: it joins the table.
-    second = run_entry("segflow.compare", ["--data", "synthetic_xca", "--models", "flow_small",
-                                           "--steps", "1", "--samples", "1,2", *FLOW_TINY,
-                                           "trainer=debug"], workdir, timeout=600)
-    assert second.returncode == 0, second.stderr[-3000:]
-    reports = sorted((workdir / "outputs" / "compare" / "compare_synthetic_xca").glob("*/compare.csv"))
-    assert reports, second.stdout[-2000:]
-    with reports[-1].open() as f:
+def test_compare_selects_on_val_tests_once_over_seeds_and_sites(workdir):
+    """Two models × two seeds at toy size: val grids (TTA for U-Net, steps for flow), one
+    chosen setting per NFE budget tested once on the own test set and on a second site,
+    mean ± std over seeds, the paired bootstrap against U-Net, and the uncertainty column."""
+    import shutil
+
+    args = ["--data", "synthetic_xca", "--seeds", "0,1", "--nfe", "1,2", "--steps", "1,2",
+            "--samples", "1", "--tta", "1,2"]
+    # A second "site": the generated test images, mirrored, in a folder of their own.
+    first = run_entry("segflow.train", ["model=unet", *TINY, "trainer=debug"], workdir)
+    assert first.returncode == 0, first.stderr[-2000:]
+    site = workdir / "other_site"
+    shutil.copytree(workdir / "data" / "synthetic" / "xca_s0_64px" / "test", site / "test")
+    for png in (site / "test").rglob("*.png"):
+        import cv2
+
+        cv2.imwrite(str(png), cv2.imread(str(png), cv2.IMREAD_UNCHANGED)[:, ::-1])
+    also = ["--also-test", f"folder:{site}"]
+    # The families one invocation each (their tiny nets take different keys), then one table.
+    for model, tiny in (("unet", TINY), ("flow_small", FLOW_TINY)):
+        done = run_entry("segflow.compare", [*args, "--models", model, *also, *tiny, "trainer=debug"],
+                         workdir, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    out = workdir / "table"
+    done = run_entry("segflow.compare", [*args, *also, "--report-only", "--out", str(out)], workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = out / "compare.csv"
+    with report.open() as f:
         rows = list(csv.DictReader(f))
-    by_model: dict[str, list[dict[str, str]]] = {}
-    for row in rows:
-        by_model.setdefault(row["model"], []).append(row)
-    # The second invocation's table holds the first one's runs too.
-    assert set(by_model) == {"unet", "medsegdiff_small", "flow_small"}
-    assert len(by_model["unet"]) == 1 and by_model["unet"][0]["nfe_per_image"] in ("1", "1.0")
-    expected = {"medsegdiff_small": {("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")},
-                "flow_small": {("1", "1"), ("1", "2"), ("2", "1")}}
-    for model in ("medsegdiff_small", "flow_small"):
-        settings = [(r["steps"], r["n_samples"]) for r in by_model[model]]
-        assert sorted(settings) == sorted(expected[model]), settings
-        for r in by_model[model]:
-            assert float(r["nfe_per_image"]) == int(r["steps"]) * int(r["n_samples"])
-            # trainer=debug tests two images: too few for a rank correlation (it needs 3)
-            assert r["spearman_uncertainty_error"] == ""
+    sets = {r["test_set"] for r in rows}
+    assert sets == {"synthetic_xca", "folder@other_site"}, sets
     for r in rows:
-        assert 0.0 <= float(r["dice"]) <= 1.0 and not math.isnan(float(r["auc"]))
-        assert float(r["params_m"]) > 0 and float(r["fit_minutes"]) >= 0
-    assert (reports[-1].parent / "compare.md").read_text().count("| flow_small |") == 3
-    # ensembles record the per-image uncertainty the correlation is computed from
-    flow_run = Path(by_model["flow_small"][0]["run"])
-    per_image = sorted(flow_run.glob("eval/*/per_image.csv"))
-    assert per_image and any("mean_uncertainty" in p.read_text().splitlines()[0] for p in per_image)
+        assert r["seeds"] == "2" and float(r["budget"]) in (1.0, 2.0)
+        assert float(r["nfe_per_image"]) <= float(r["budget"])
+        assert 0 <= float(r["dice"]) <= 1 and 0 <= float(r["dice_per_image"]) <= 1
+        assert float(r["dice_std"]) >= 0 and r["val_dice"] != ""
+        if r["model"] == "flow_small":  # compared with the reference supervised row
+            assert r["reference"] == "unet" and r["verdict"] in ("better", "tie", "worse")
+            assert float(r["delta_low"]) <= float(r["delta_dice"]) <= float(r["delta_high"])
+        else:
+            assert r["reference"] == "" and r["steps"] == ""
+    budget2 = {r["model"]: r for r in rows if r["test_set"] == "synthetic_xca" and r["budget"] == "2.0"}
+    assert set(budget2) == {"unet", "flow_small"}
+    # Each chosen setting is what val ranked first within the budget (mean over seeds).
+    run_dirs = sorted((workdir / "outputs" / "multirun" / "compare_synthetic_xca").glob("*/*/metrics.json"))
+    assert len(run_dirs) == 4
+    val_dice: dict[tuple[str, str], list[float]] = {}
+    for m in run_dirs:
+        for ev in m.parent.glob("eval/*/metrics.json"):
+            e = json.loads(ev.read_text())
+            if e["split"] == "val":
+                key = (e["model"], str(e["settings"].get("steps", e["settings"].get("tta", 1))))
+                val_dice.setdefault(key, []).append(e["metrics"]["dice"])
+    for model, grid_key in (("unet", "tta"), ("flow_small", "steps")):
+        scores = {k[1]: sum(v) / len(v) for k, v in val_dice.items() if k[0] == model}
+        assert set(scores) == {"1", "2"} and all(len(val_dice[(model, k)]) == 2 for k in scores)
+        best = max(scores, key=lambda k: (scores[k], -int(k)))
+        assert str(budget2[model][grid_key] or 1) == best, (model, scores, budget2[model])
+    # Test evaluations: one per chosen setting per run per test set, nothing else.
+    tests = [json.loads(p.read_text()) for m in run_dirs for p in m.parent.glob("eval/*/metrics.json")
+             if json.loads(p.read_text())["split"] == "test"]
+    chosen = {(r["model"], r["setting"]) for r in rows}
+    assert len(tests) == len(chosen) * 2 * 2  # settings x seeds x test sets
+    md = report.with_name("compare.md").read_text()
+    assert "Commit `" in md and "--seeds 0,1" in md and "± " in md and "95 % CI" in md
+
+
+def test_selection_follows_val_not_test():
+    """choose_settings sees only val: a setting that is best on test but not on val loses."""
+    from segflow.compare.protocol import Evaluation, choose_settings
+
+    def ev(split, steps, seed, dice, nfe):
+        return Evaluation(Path("r"), "flow_small", seed, split, split, (steps, 1, 1),
+                          {"dice": dice, "nfe_per_image": nfe}, Path("f"))
+
+    val = [ev("val", 1, s, 0.70, 1) for s in (0, 1)] + [ev("val", 2, s, 0.75, 2) for s in (0, 1)] \
+        + [ev("val", 4, 0, 0.90, 4)]  # 4 steps: one seed only, so it may not compete
+    test_says_one_step_is_best = [ev("test", 1, s, 0.99, 1) for s in (0, 1)]
+    chosen = {c.budget: c for c in choose_settings(val, [1.0, 2.0, 8.0])}
+    assert chosen[1.0].key == (1, 1, 1) and chosen[2.0].key == (2, 1, 1)
+    assert chosen[8.0].key == (2, 1, 1) and chosen[2.0].val_dice == 0.75
+    (with_test,) = choose_settings(val + test_says_one_step_is_best, [2.0])
+    assert with_test.key == (2, 1, 1) and with_test.val_dice == 0.75
 
 
 def test_recipe_sweep_script_reports_each_recipe_under_the_grid(workdir):

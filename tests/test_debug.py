@@ -137,6 +137,6 @@ def test_capped_lowers_only_the_settings_a_method_has():
     assert same.steps == 1 and lowered == {}
     full = Diffusion(timesteps=50, sampler="ddpm", steps=None)  # None: the whole chain
     capped, lowered = full.capped(steps=2)
-    assert capped.steps == 2 and capped.grid() == [49, 0] and lowered == {"steps": (None, 2)}
+    assert capped.steps == 2 and capped.grid() == [49, 24] and lowered == {"steps": (None, 2)}
     supervised = Supervised()
     assert supervised.capped(steps=2, n_samples=1) == (supervised, {})

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from segflow.errors import NetworkMismatchError
 from segflow.methods import FlowMatching
-from segflow.methods.solvers import dopri5, solve
+from segflow.methods.flow.solvers import dopri5, solve
 from segflow.networks import Denoiser, UNet
 
 PATHS = [dict(sigma=0.0), dict(sigma=0.25, sigma_schedule="bridge"),

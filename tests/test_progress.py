@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from segflow.data.synthetic import ensure_synthetic
-from segflow.methods.solvers import solve
+from segflow.methods.flow.solvers import solve
 from segflow.progress import sampling_progress
 
 

@@ -29,7 +29,6 @@ from segflow.bench.timing import autocast_dtype, device_name
 from segflow.bench.training import bench_training
 from segflow.errors import ConfigError
 from segflow.inference import resolve_device
-from segflow.methods.base import GenerativeMethod
 
 log = logging.getLogger("segflow.bench")
 
@@ -122,7 +121,7 @@ def _sampling_rows(cfg: DictConfig, modules: dict[str, Any], device: torch.devic
     settings_cfg = OmegaConf.to_container(s.settings, resolve=True) or {}
     cases = []
     for name, module in modules.items():
-        generative = isinstance(module.method, GenerativeMethod)
+        generative = module.method.generative
         if not generative and not s.include_one_pass:
             continue
         settings = settings_cfg.get(name) or [{}]

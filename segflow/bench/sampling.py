@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from segflow.bench.timing import Row, autocast, error_line, stopwatch
-from segflow.methods.base import GenerativeMethod, Method
+from segflow.methods.base import Method
 
 
 @dataclass
@@ -57,7 +57,7 @@ def bench_sampling(name: str, net: nn.Module, method: Method,
         one :class:`SampleCase` per (settings, ensemble size); ``skipped`` / ``error`` say
         why a row has no time.
     """
-    generative = isinstance(method, GenerativeMethod)
+    generative = method.generative
     net = copy.deepcopy(net).to(device).eval()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)

@@ -35,7 +35,17 @@ import torch
 from torch import Tensor, nn
 
 from segflow.errors import NetworkMismatchError
+from segflow.methods.losses import (
+    bce_loss,
+    masked_bce_on_probs,
+    soft_cldice_loss,
+    soft_dice_loss,
+)
 from segflow.networks.base import Denoiser
+
+TTA_PASSES = (1, 2, 4, 8)
+"""Test-time augmentation sizes: identity, + horizontal flip, + vertical flip and half turn,
++ the quarter turns and transposes (the dihedral group of the square)."""
 
 StepNoise = Callable[[], Tensor]
 """A per-step noise source of stochastic samplers: each call returns the next stochastic
@@ -70,7 +80,19 @@ class Method(nn.Module, ABC):
     """
 
     net_type: ClassVar[type[nn.Module]] = nn.Module
-    sampling_keys: ClassVar[tuple[str, ...]] = ()
+    sampling_keys: ClassVar[tuple[str, ...]] = ("tta",)
+    #: Test-time augmentation: passes over the image's flips / quarter turns whose
+    #: probabilities are averaged (:func:`segflow.inference.predict_image`); 1 = none.
+    tta: int = 1
+    #: Whether the method samples (starting noise, steps, an ensemble) rather than predicting
+    #: in one pass; benchmarks and the comparison ask this, never the class.
+    generative: ClassVar[bool] = False
+    # Segmentation-loss weights read by :meth:`segmentation_loss` (subclasses set them).
+    bce_weight: float = 0.0
+    dice_weight: float = 0.0
+    cldice_weight: float = 0.0
+    cldice_iters: int = 10
+    pos_weight: float | None = None
 
     def check_net(self, net: nn.Module) -> None:
         """Raise ``TypeError`` (:class:`NetworkMismatchError`) when ``net`` is not the shape
@@ -128,8 +150,10 @@ class Method(nn.Module, ABC):
         return (image,)
 
     def sampling_settings(self) -> dict[str, Any]:
-        """The current values of the settings that may change at evaluation time."""
-        return {k: getattr(self, k) for k in self.sampling_keys}
+        """The current values of the settings that may change at evaluation time (``tta``
+        only when it is not the default single pass)."""
+        return {k: getattr(self, k) for k in self.sampling_keys
+                if k != "tta" or int(getattr(self, k)) != 1}
 
     def with_settings(self, **settings: Any) -> Method:
         """A copy of this method with some sampling settings changed.
@@ -172,8 +196,45 @@ class Method(nn.Module, ABC):
         new = self.with_settings(**{k: v for k, (_, v) in lowered.items()}) if lowered else self
         return new, lowered
 
-    def validate(self) -> None:  # noqa: B027 - optional hook, not abstract
-        """Check the settings; raise ``ValueError`` naming the bad one. Override as needed."""
+    def validate(self) -> None:
+        """Check the settings; raise ``ValueError`` naming the bad one. Overrides call it."""
+        if int(self.tta) not in TTA_PASSES:
+            raise ValueError(f"tta (test-time augmentation passes) must be one of "
+                             f"{list(TTA_PASSES)}, got {self.tta}")
+
+    def segmentation_loss(self, mask: Tensor, valid: Tensor | None, *, logits: Tensor | None = None,
+                          probs: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``bce_weight`` · BCE + ``dice_weight`` · soft Dice (+ ``cldice_weight`` · soft
+        clDice) of a foreground estimate against the {0, 1} ``mask`` inside ``valid``.
+
+        The estimate is ``logits`` (BCE with logits, the stable form; probabilities by the
+        sigmoid) or ``probs`` that need not be a sigmoid's (e.g. (x̂ + 1) / 2 of a generative
+        method: BCE on them clamped to [1e-4, 1 − 1e-4], Dice and clDice on them clamped to
+        [0, 1]). Losses in float32.
+
+        Returns:
+            (the weighted sum, {name: detached part} of each non-zero weight).
+        """
+        if (logits is None) == (probs is None):
+            raise ValueError("segmentation_loss takes exactly one of logits and probs")
+        mask = mask.float()
+        if logits is not None:
+            logits = logits.float()
+            probs = torch.sigmoid(logits)
+        else:
+            probs = probs.float()
+        bounded = probs.clamp(0.0, 1.0)
+        parts: dict[str, Tensor] = {}
+        if self.bce_weight:
+            parts["bce"] = (bce_loss(logits, mask, valid, self.pos_weight) if logits is not None
+                            else masked_bce_on_probs(probs, mask, valid))
+        if self.dice_weight:
+            parts["dice"] = soft_dice_loss(bounded, mask, valid)
+        if self.cldice_weight:
+            parts["cldice"] = soft_cldice_loss(bounded, mask, valid, self.cldice_iters)
+        weights = {"bce": self.bce_weight, "dice": self.dice_weight, "cldice": self.cldice_weight}
+        total = sum((weights[k] * v for k, v in parts.items()), probs.new_zeros(()))
+        return total, {k: v.detach() for k, v in parts.items()}
 
 
 class GenerativeMethod(Method):
@@ -190,13 +251,16 @@ class GenerativeMethod(Method):
     """
 
     net_type: ClassVar[type[nn.Module]] = Denoiser
-    sampling_keys: ClassVar[tuple[str, ...]] = ("n_samples",)
+    sampling_keys: ClassVar[tuple[str, ...]] = ("n_samples", "tta")
+    generative: ClassVar[bool] = True
+    PARAMETERIZATIONS: ClassVar[tuple[str, ...]] = ("linear", "logit")
 
     def __init__(self, n_samples: int = 1):
         super().__init__()
         self.n_samples = n_samples
 
     def validate(self) -> None:
+        super().validate()
         if int(self.n_samples) < 1:
             raise ValueError(f"n_samples (ensemble size) must be >= 1, got {self.n_samples}")
 

@@ -6,7 +6,6 @@ import torch
 from torch import Tensor, nn
 
 from segflow.methods.base import Method, Prediction, StepNoise
-from segflow.methods.losses import bce_loss, soft_cldice_loss, soft_dice_loss
 from segflow.networks.base import SegNet
 
 
@@ -37,6 +36,7 @@ class Supervised(Method):
         self.validate()
 
     def validate(self) -> None:
+        super().validate()
         if min(self.bce_weight, self.dice_weight, self.cldice_weight) < 0:
             raise ValueError("Supervised loss weights must be >= 0")
         if self.bce_weight + self.dice_weight + self.cldice_weight == 0:
@@ -44,21 +44,8 @@ class Supervised(Method):
 
     def loss(self, net: nn.Module, image: Tensor, mask: Tensor,
              valid: Tensor | None = None) -> dict[str, Tensor]:
-        logits = net(image)
         # Losses in float32: under autocast, sigmoid/Dice sums lose precision in fp16.
-        logits = logits.float()
-        probs = torch.sigmoid(logits)
-        parts: dict[str, Tensor] = {}
-        total = logits.new_zeros(())
-        if self.bce_weight:
-            parts["bce"] = bce_loss(logits, mask, valid, self.pos_weight)
-            total = total + self.bce_weight * parts["bce"]
-        if self.dice_weight:
-            parts["dice"] = soft_dice_loss(probs, mask, valid)
-            total = total + self.dice_weight * parts["dice"]
-        if self.cldice_weight:
-            parts["cldice"] = soft_cldice_loss(probs, mask, valid, self.cldice_iters)
-            total = total + self.cldice_weight * parts["cldice"]
+        total, parts = self.segmentation_loss(mask, valid, logits=net(image))
         return {"loss": total, **parts}
 
     @torch.no_grad()

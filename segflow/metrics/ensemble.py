@@ -33,7 +33,10 @@ class EnsembleTopologySpread(Metric):
     then the **mean over images**. 0 when every member has the same topology. Also
     ``mean_uncertainty``: the per-pixel standard deviation of the members' probabilities,
     averaged over the valid pixels (the mean of the uncertainty map) — per image, the
-    number to rank images by expected error.
+    number to rank images by expected error — and, per image only,
+    ``uncertainty_per_foreground``: the same spread summed and divided by the number of
+    pixels the ensemble's mean calls vessel (the spread sits on vessel borders, so the
+    plain mean also measures how much vessel an image has).
 
     Only images predicted by an ensemble of N ≥ 2 count; with none, :meth:`compute`
     returns an empty dict. Outside ``valid`` members and label are background.
@@ -69,10 +72,17 @@ class EnsembleTopologySpread(Metric):
             weight = inside.float()
         else:
             weight = torch.ones_like(std_map)
-        mean_uncertainty = ((std_map * weight).flatten(1).sum(1)
-                     / weight.flatten(1).sum(1).clamp_min(1.0)).double().cpu()
+        spread = (std_map * weight).flatten(1).sum(1)
+        mean_uncertainty = (spread / weight.flatten(1).sum(1).clamp_min(1.0)).double().cpu()
+        # Per predicted vessel pixel: the spread sits on vessel borders, so its image mean
+        # grows with the vessel area; this one does not.
+        foreground = ((samples.detach()[:, :, 0].float().mean(dim=1) > self.threshold).float()
+                      * weight).flatten(1).sum(1)
+        per_foreground = (spread / foreground.clamp_min(1.0)).double().cpu()
         rows: dict[str, list[float]] = {"betti0_std": [], "betti1_std": [], "cldice_std": [],
-                                        "mean_uncertainty": [float(v) for v in mean_uncertainty]}
+                                        "mean_uncertainty": [float(v) for v in mean_uncertainty],
+                                        "uncertainty_per_foreground":
+                                            [float(v) for v in per_foreground]}
         for m, t in zip(members.cpu().numpy(), truth.cpu().numpy(), strict=True):
             topo = member_topology(m, t)
             for key in ("betti0", "betti1", "cldice"):

@@ -23,7 +23,7 @@ from segflow.methods.diffusion.schedule import (
     target_of,
     x0_eps_of,
 )
-from segflow.methods.losses import masked_bce_on_probs, masked_mean, soft_dice_loss
+from segflow.methods.losses import masked_mean
 from segflow.progress import sampling_steps
 
 
@@ -43,8 +43,9 @@ class Diffusion(GenerativeMethod):
     ``ddpm`` (ancestral; Ho et al. 2020, respaced per Nichol & Dhariwal 2021 when
     ``steps < T``), ``ddim`` (Song et al., ICLR 2021; ``eta`` = 0 deterministic) or
     ``dpm_solver`` (DPM-Solver++(2M), Lu et al. 2022), over ``steps`` network evaluations
-    (``None`` = all T), placed by ``spacing`` (``auto``: uniform over the step index for
-    DDPM/DDIM, uniform in log-SNR for DPM-Solver, as its authors recommend; see
+    (``None`` = all T), placed by ``spacing`` (``auto``: "trailing" grids that end one
+    interval before the clean end — even in the step index for DDPM/DDIM, even in log-SNR
+    for DPM-Solver, as its authors recommend; see
     :func:`~segflow.methods.diffusion.samplers.step_grid`). ``clip_x0`` clamps each x0
     prediction to [-1, 1], the mask's range. DPM-Solver++ takes its last update first
     order below 10 steps (``lower_order_final``, Lu et al. 2022). DDPM and DDIM with
@@ -66,15 +67,19 @@ class Diffusion(GenerativeMethod):
         n_samples: ensemble size (masks drawn per image; mean → probability, std → uncertainty).
         lower_order_final: DPM-Solver++ only: with fewer than 10 steps, take the last
             update first order (False: second order after the first step, always).
+        parameterization: ``linear`` (the output is eps / x0 / v) or ``logit``
+            (x0-prediction only: the output is a logit ℓ with ``x̂0 = tanh(ℓ/2)``, BCE with
+            logits; a linear x̂0 clamped to [−1, 1] has no BCE/Dice gradient past ±1).
     """
 
     sampling_keys: ClassVar[tuple[str, ...]] = ("n_samples", "sampler", "steps", "spacing", "eta",
-                                                    "clip_x0", "lower_order_final")
+                                                    "clip_x0", "lower_order_final", "tta")
 
     def __init__(self, timesteps: int = 1000, schedule: str = "linear", prediction: str = "eps",
                  dice_weight: float = 0.0, sampler: str = "ddim", steps: int | None = 50,
                  spacing: str = "auto", eta: float = 0.0, clip_x0: bool = True, n_samples: int = 1,
-                 lower_order_final: bool = True, bce_weight: float = 0.0):
+                 lower_order_final: bool = True, bce_weight: float = 0.0,
+                 parameterization: str = "linear"):
         super().__init__(n_samples=n_samples)
         if schedule not in SCHEDULES:
             raise ValueError(f"method.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
@@ -89,6 +94,12 @@ class Diffusion(GenerativeMethod):
         self.sampler, self.steps, self.spacing = sampler, steps, spacing
         self.eta, self.clip_x0 = eta, clip_x0
         self.lower_order_final = lower_order_final
+        if parameterization not in self.PARAMETERIZATIONS:
+            raise ValueError(f"method.parameterization must be one of {list(self.PARAMETERIZATIONS)}, "
+                             f"got {parameterization!r}")
+        if parameterization == "logit" and prediction != "x0":
+            raise ValueError("method.parameterization=logit needs method.prediction=x0")
+        self.parameterization = parameterization
         self.validate()
 
     def validate(self) -> None:
@@ -111,26 +122,28 @@ class Diffusion(GenerativeMethod):
         x_t = self.schedule.q_sample(x0, step, eps)
         out = net(x_t, self.schedule.time(step), image).float()  # losses in float32 under AMP
         alpha, sigma = self.schedule.alpha_sigma(step, out)
-        mse = masked_mean((out - target_of(self.prediction, x0, eps, alpha, sigma)) ** 2, valid)
-        parts = {"mse": mse}
-        total = mse
+        target = target_of(self.prediction, x0, eps, alpha, sigma)
+        mse = masked_mean((self.output_to_prediction(out) - target) ** 2, valid)
+        total, parts = mse, {"mse": mse.detach()}
         if self.dice_weight or self.bce_weight:
-            x0_pred, _ = x0_eps_of(self.prediction, out, x_t.float(), alpha, sigma)
-            probs = self.x_to_probs(x0_pred)
-            if self.dice_weight:
-                parts["dice"] = soft_dice_loss(probs, mask, valid)
-                total = total + self.dice_weight * parts["dice"]
-            if self.bce_weight:
-                parts["bce"] = masked_bce_on_probs(probs, mask, valid)
-                total = total + self.bce_weight * parts["bce"]
+            if self.parameterization == "logit":
+                seg, seg_parts = self.segmentation_loss(mask, valid, logits=out)
+            else:
+                x0_pred, _ = x0_eps_of(self.prediction, out, x_t.float(), alpha, sigma)
+                seg, seg_parts = self.segmentation_loss(mask, valid, probs=self.x_to_probs(x0_pred))
+            total, parts = total + seg, {**parts, **seg_parts}
         return {"loss": total, **parts}
+
+    def output_to_prediction(self, out: Tensor) -> Tensor:
+        """The network output as the ``prediction`` target's estimate (tanh(ℓ/2) of a logit)."""
+        return torch.tanh(0.5 * out) if self.parameterization == "logit" else out
 
     # -- sampling -----------------------------------------------------------------------
     def grid(self) -> list[int]:
         """The descending training steps the current settings evaluate the network at."""
         spacing = self.spacing
         if spacing == "auto":
-            spacing = "logsnr" if self.sampler == "dpm_solver" else "uniform"
+            spacing = "trailing_logsnr" if self.sampler == "dpm_solver" else "trailing"
         return step_grid(self.timesteps, self.steps, spacing, self.schedule.log_snr)
 
     def denoise(self, net: nn.Module, x_t: Tensor, step: int, image: Tensor) -> tuple[Tensor, Tensor]:
@@ -140,7 +153,7 @@ class Diffusion(GenerativeMethod):
         alpha, sigma = ab**0.5, (1.0 - ab) ** 0.5
         t = self.schedule.time(step, x_t.shape[0], x_t.device)
         out = net(x_t.to(image.dtype), t, image).float()
-        x0, eps = x0_eps_of(self.prediction, out, x_t, alpha, sigma)
+        x0, eps = x0_eps_of(self.prediction, self.output_to_prediction(out), x_t, alpha, sigma)
         if self.clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
             eps = (x_t - alpha * x0) / sigma

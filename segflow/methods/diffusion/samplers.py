@@ -18,7 +18,7 @@ from torch import Tensor
 from segflow.methods.base import StepNoise
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver")
-SPACINGS = ("uniform", "logsnr")
+SPACINGS = ("uniform", "logsnr", "trailing", "trailing_logsnr")
 
 
 def step_grid(timesteps: int, steps: int | None, spacing: str = "uniform",
@@ -26,13 +26,20 @@ def step_grid(timesteps: int, steps: int | None, spacing: str = "uniform",
     """The descending training steps a sampler evaluates the network at.
 
     ``steps = None`` (or T) is the full chain ``T-1, ..., 0``. Fewer steps always start at
-    ``T-1`` (closest to pure noise, so the first input really is ≈ N(0, I)), end at 0,
-    and are spread
+    ``T-1`` (closest to pure noise, so the first input really is ≈ N(0, I)) and are spread
 
-    * ``uniform``: evenly over the step index (DDIM's "linear" selection; DDPM respacing);
-    * ``logsnr``: evenly over λ = log(alpha/sigma), the spacing Lu et al. recommend for
-      DPM-Solver; needs ``log_snr`` (T,). Near step 0, λ changes fast per step, and the
-      multistep solver's extrapolation is unstable on index-uniform grids there.
+    * ``uniform``: evenly over the step index, ending at 0 (DDIM's "linear" selection;
+      DDPM respacing);
+    * ``logsnr``: evenly over λ = log(alpha/sigma), ending at 0, the spacing Lu et al.
+      recommend for DPM-Solver; needs ``log_snr`` (T,). Near step 0, λ changes fast per
+      step, and the multistep solver's extrapolation is unstable on index-uniform grids;
+    * ``trailing`` / ``trailing_logsnr``: S of S + 1 even positions in the index / in λ,
+      without the last one (Lin et al., "Common Diffusion Noise Schedules and Sample Steps
+      are Flawed", WACV 2024, "trailing" spacing). The grid ends one interval before step 0
+      and the sampler's final jump to the clean end covers it: 2 steps are ``[T-1, T/2-1]``
+      (index), so the second network call still sees real noise. Grids that end at 0 spend
+      their last call at ᾱ ≈ 1, where the state already is the previous x0 prediction
+      and the call changes nothing (2 steps there are 1 step at twice the cost).
 
     Rounded to integers and made strictly decreasing, so there are exactly ``steps`` NFE.
 
@@ -50,10 +57,13 @@ def step_grid(timesteps: int, steps: int | None, spacing: str = "uniform",
         return [timesteps - 1]
     if spacing == "uniform":
         positions = np.linspace(timesteps - 1, 0, steps)
+    elif spacing == "trailing":
+        positions = timesteps * (1.0 - np.arange(steps) / steps) - 1.0
     else:
         assert log_snr is not None and log_snr.shape == (timesteps,)
         lam = log_snr.double().numpy()  # decreasing in the step index
-        targets = np.linspace(lam[-1], lam[0], steps)
+        targets = (np.linspace(lam[-1], lam[0], steps) if spacing == "logsnr"
+                   else np.linspace(lam[-1], lam[0], steps + 1)[:-1])
         positions = np.interp(targets, lam[::-1], np.arange(timesteps)[::-1])
     grid = [timesteps - 1]
     for i, pos in enumerate(positions[1:], start=1):

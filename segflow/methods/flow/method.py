@@ -8,13 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from segflow.methods.base import GenerativeMethod, StepNoise
-from segflow.methods.losses import masked_bce_on_probs, masked_mean, soft_dice_loss
-from segflow.methods.solvers import SOLVERS, solve
+from segflow.methods.flow import path as fpath
+from segflow.methods.flow.path import TIME_SAMPLINGS
+from segflow.methods.flow.solvers import SOLVERS, solve
+from segflow.methods.losses import masked_mean
 
 PREDICTIONS = ("velocity", "x1")
 READOUTS = ("state", "x1")
 SIGMA_SCHEDULES = ("bridge", "constant")
-TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
 class FlowMatching(GenerativeMethod):
@@ -38,8 +39,20 @@ class FlowMatching(GenerativeMethod):
     ``x̂1`` (loss ``‖x̂1 − x1‖²``; the sampler uses the velocity it implies on the mean
     path, ``x̂1 − (1 − σ_min)·x̂0`` with ``x̂0 = (x_t − t·x̂1) / (1 − (1 − σ_min)·t)``,
     exact for σ = 0, with ``x̂0 → 0`` at t → 1). Training
-    times are uniform or logit-normal (Esser et al. 2024: ``t = sigmoid(m + s·n)``,
-    more weight on mid-path times).
+    times are uniform or logit-normal (Esser et al. 2024: ``t = sigmoid(m + s·n)``),
+    optionally mixed with a ``uniform_fraction`` of uniform times so that every time the
+    sampler's grid visits is trained (:func:`~segflow.methods.flow.path.sample_time`).
+
+    ``parameterization="logit"`` (x1-prediction only): the network outputs a logit ℓ and
+    ``x̂1 = tanh(ℓ/2)``, so ``p̂ = (x̂1 + 1)/2 = sigmoid(ℓ)`` and the BCE is taken with
+    logits; a linear output clamped to [−1, 1] instead has zero BCE/Dice gradient past ±1.
+
+    Recycling (Fu et al., "Importance of Aligning Training Strategy with Evaluation for
+    Diffusion Models in 3D Multiclass Segmentation", 2023): for a ``recycle`` fraction of
+    each batch the path is built from the model's own estimate instead of the true mask —
+    ``x̂1 = net(x0, 0)`` (no gradient; the first Euler step's estimate) and
+    ``x_t = (1 − a·t)·x0 + t·x̂1`` — with the true mask as the target, so the later steps
+    learn to correct the states the sampler really visits rather than to copy a perfect one.
 
     Segmentation objective: the clean-mask estimate on the mean path (the network's own
     output for ``prediction="x1"``; from the velocity otherwise, by inverting
@@ -72,10 +85,13 @@ class FlowMatching(GenerativeMethod):
         bce_weight, dice_weight: weights of BCE and soft Dice on x̂1 (0 = the plain
             flow-matching MSE).
         readout: ``state`` or ``x1`` (eval-time setting, see above).
+        uniform_fraction: share of uniform training times mixed into ``time_sampling``.
+        parameterization: ``linear`` (the output is x̂1) or ``logit`` (x̂1 = tanh(ℓ/2)).
+        recycle: fraction of each batch trained on states built from the model's own x̂1.
     """
 
     sampling_keys: ClassVar[tuple[str, ...]] = ("n_samples", "solver", "steps", "atol", "rtol",
-                                                "max_nfe", "readout")
+                                                "max_nfe", "readout", "tta")
     # Training times stay this far from the ends where the bridge noise's derivative
     # s'(t) ~ 1/√t is singular.
     BRIDGE_T_EPS: ClassVar[float] = 1e-3
@@ -87,7 +103,8 @@ class FlowMatching(GenerativeMethod):
                  time_sampling: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0,
                  solver: str = "euler", steps: int = 10, atol: float = 1e-4, rtol: float = 1e-4,
                  max_nfe: int = 1000, n_samples: int = 1, bce_weight: float = 0.0,
-                 dice_weight: float = 0.0, readout: str = "state"):
+                 dice_weight: float = 0.0, readout: str = "state", uniform_fraction: float = 0.0,
+                 parameterization: str = "linear", recycle: float = 0.0):
         super().__init__(n_samples=n_samples)
         self.bce_weight, self.dice_weight = float(bce_weight), float(dice_weight)
         self.readout = readout
@@ -96,6 +113,8 @@ class FlowMatching(GenerativeMethod):
         self.logit_mean, self.logit_std = float(logit_mean), float(logit_std)
         self.solver, self.steps, self.atol, self.rtol = solver, steps, atol, rtol
         self.max_nfe = max_nfe
+        self.uniform_fraction, self.parameterization = float(uniform_fraction), parameterization
+        self.recycle = float(recycle)
         self.validate()
 
     def validate(self) -> None:
@@ -104,7 +123,9 @@ class FlowMatching(GenerativeMethod):
                                      ("sigma_schedule", self.sigma_schedule, SIGMA_SCHEDULES),
                                      ("time_sampling", self.time_sampling, TIME_SAMPLINGS),
                                      ("solver", self.solver, SOLVERS),
-                                     ("readout", self.readout, READOUTS)):
+                                     ("readout", self.readout, READOUTS),
+                                     ("parameterization", self.parameterization,
+                                      self.PARAMETERIZATIONS)):
             if value not in allowed:
                 raise ValueError(f"FlowMatching {name}={value!r}: choose one of {', '.join(allowed)}")
         if int(self.steps) < 1:
@@ -115,25 +136,23 @@ class FlowMatching(GenerativeMethod):
             raise ValueError("FlowMatching bce_weight and dice_weight must be >= 0")
         if self.logit_std <= 0 or self.atol <= 0 or self.rtol <= 0:
             raise ValueError("FlowMatching logit_std, atol and rtol must be > 0")
+        if not 0 <= self.uniform_fraction <= 1 or not 0 <= self.recycle <= 1:
+            raise ValueError("FlowMatching uniform_fraction and recycle must be in [0, 1]")
+        if self.prediction != "x1" and (self.parameterization == "logit" or self.recycle):
+            raise ValueError("FlowMatching parameterization=logit and recycle need prediction=x1")
 
-    # -- the probability path -------------------------------------------------------------
+    # -- the probability path (segflow.methods.flow.path) --------------------------------
     @staticmethod
     def _bcast(t: Tensor, like: Tensor) -> Tensor:
-        return t.view(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+        return fpath.bcast(t, like)
 
     def noise_scale(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(s(t), s'(t)) of the path noise for times t (B,)."""
-        if self.sigma == 0:
-            return torch.zeros_like(t), torch.zeros_like(t)
-        if self.sigma_schedule == "constant":
-            return torch.full_like(t, self.sigma), torch.zeros_like(t)
-        root = torch.sqrt(t * (1 - t))
-        return self.sigma * root, self.sigma * (1 - 2 * t) / (2 * root.clamp_min(1e-12))
+        return fpath.noise_scale(t, self.sigma, self.sigma_schedule)
 
     def path(self, x0: Tensor, x1: Tensor, t: Tensor, eps: Tensor | None = None) -> Tensor:
         """x_t for (B, ...) endpoints and times t (B,); ``eps`` is the bridge noise."""
-        tb = self._bcast(t, x0)
-        x_t = (1 - (1 - self.sigma_min) * tb) * x0 + tb * x1
+        x_t = fpath.interpolate(x0, x1, t, self.sigma_min)
         if eps is not None and self.sigma > 0:
             x_t = x_t + self._bcast(self.noise_scale(t)[0], x0) * eps
         return x_t
@@ -148,11 +167,8 @@ class FlowMatching(GenerativeMethod):
     def sample_time(self, n: int, device: torch.device, generator: torch.Generator | None = None
                     ) -> Tensor:
         """Training times (n,) in [0, 1]."""
-        if self.time_sampling == "uniform":
-            t = torch.rand(n, device=device, generator=generator)
-        else:
-            t = torch.sigmoid(self.logit_mean + self.logit_std
-                              * torch.randn(n, device=device, generator=generator))
+        t = fpath.sample_time(n, device, self.time_sampling, self.logit_mean, self.logit_std,
+                              self.uniform_fraction, generator)
         if self.sigma > 0 and self.sigma_schedule == "bridge":
             t = t.clamp(self.BRIDGE_T_EPS, 1 - self.BRIDGE_T_EPS)
         return t
@@ -165,26 +181,45 @@ class FlowMatching(GenerativeMethod):
         eps = torch.randn_like(x1) if self.sigma > 0 else None
         t = self.sample_time(x1.shape[0], x1.device)
         x_t = self.path(x0, x1, t, eps)
+        if self.recycle:
+            x_t = self._recycled(net, image, x0, x_t, t, eps)
         out = net(x_t, t, image).float()  # loss in float32 under mixed precision
-        target = self.target_velocity(x0, x1, t, eps) if self.prediction == "velocity" else x1
-        mse = masked_mean((out - target).pow(2), valid)
-        parts = {"mse": mse}
-        total = mse
+        if self.prediction == "velocity":
+            mse = masked_mean((out - self.target_velocity(x0, x1, t, eps)).pow(2), valid)
+        else:
+            mse = masked_mean((self.x1_estimate(out, x_t.float(), t) - x1).pow(2), valid)
+        total, parts = mse, {"mse": mse.detach()}
         if self.bce_weight or self.dice_weight:
-            probs = self.x_to_soft_probs(self.x1_estimate(out, x_t.float(), t))
-            if self.bce_weight:
-                parts["bce"] = masked_bce_on_probs(probs, mask.float(), valid)
-                total = total + self.bce_weight * parts["bce"]
-            if self.dice_weight:
-                parts["dice"] = soft_dice_loss(probs.clamp(0.0, 1.0), mask.float(), valid)
-                total = total + self.dice_weight * parts["dice"]
-        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
+            if self.parameterization == "logit":
+                seg, seg_parts = self.segmentation_loss(mask, valid, logits=out)
+            else:
+                seg, seg_parts = self.segmentation_loss(
+                    mask, valid, probs=self.x_to_soft_probs(self.x1_estimate(out, x_t.float(), t)))
+            total, parts = total + seg, {**parts, **seg_parts}
+        return {"loss": total, **parts}
+
+    @torch.no_grad()
+    def _recycled(self, net: nn.Module, image: Tensor, x0: Tensor, x_t: Tensor, t: Tensor,
+                  eps: Tensor | None) -> Tensor:
+        """``x_t`` with a ``recycle`` fraction of the batch rebuilt on the model's own x̂1
+        at t = 0 (the first Euler step's estimate from the same noise)."""
+        pick = torch.rand(x0.shape[0], device=x0.device) < self.recycle
+        if not bool(pick.any()):
+            return x_t
+        idx = pick.nonzero().flatten()
+        t0 = torch.zeros(idx.numel(), device=x0.device)
+        out = net(x0[idx], t0, image[idx]).float()
+        x1_hat = self.x1_estimate(out, x0[idx].float(), t0).clamp(-1.0, 1.0).to(x0.dtype)
+        x_t = x_t.clone()
+        x_t[idx] = self.path(x0[idx], x1_hat, t[idx], None if eps is None else eps[idx])
+        return x_t
 
     def x1_estimate(self, out: Tensor, x_t: Tensor, t: Tensor | float) -> Tensor:
         """The clean-mask estimate x̂1 from the network output at (x_t, t) on the mean path:
-        the output itself for x1-prediction, ``(1 − a·t)·v̂ + a·x_t`` for velocity."""
+        the output itself for x1-prediction (``tanh(ℓ/2)`` of a logit), ``(1 − a·t)·v̂ + a·x_t``
+        for velocity."""
         if self.prediction == "x1":
-            return out
+            return torch.tanh(0.5 * out) if self.parameterization == "logit" else out
         tb = self._bcast(t, x_t) if isinstance(t, Tensor) else t
         a = 1 - self.sigma_min
         return (1 - a * tb) * out + a * x_t
@@ -212,8 +247,9 @@ class FlowMatching(GenerativeMethod):
         # the field at t = 1 (Heun, dopri5). Euler grids with steps ≥ δ are unaffected.
         a, delta = 1 - self.sigma_min, self.X1_DELTA
         c = 1 - a * t
-        x0_hat = (x - t * out) * (1 / c if c >= delta else c / delta**2)
-        return out - a * x0_hat, out
+        x1_hat = self.x1_estimate(out, x, t)
+        x0_hat = (x - t * x1_hat) * (1 / c if c >= delta else c / delta**2)
+        return x1_hat - a * x0_hat, x1_hat
 
     @torch.no_grad()
     def sample(self, net: nn.Module, image: Tensor, noise: Tensor,
@@ -233,7 +269,7 @@ class FlowMatching(GenerativeMethod):
         return (last["x1"] if self.readout == "x1" else x), nfe
 
     def __repr__(self) -> str:
-        keys = ("prediction", "sigma", "sigma_schedule", "time_sampling", "bce_weight",
-                "dice_weight", *self.sampling_keys)
+        keys = ("prediction", "parameterization", "sigma", "sigma_schedule", "time_sampling",
+                "uniform_fraction", "recycle", "bce_weight", "dice_weight", *self.sampling_keys)
         return f"FlowMatching({', '.join(f'{k}={getattr(self, k)!r}' for k in keys)})"
 

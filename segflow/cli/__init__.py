@@ -1,0 +1,1 @@
+"""Command-line entry points: each parses its arguments, composes, and calls the library."""

@@ -1,0 +1,128 @@
+"""The whole comparison: train → select on val → test once → table (see :mod:`segflow.compare`)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segflow.compare import protocol as P
+from segflow.compare.table import build_rows, markdown, write_report
+from segflow.errors import ConfigError
+
+
+@dataclass
+class Comparison:
+    """What ``python -m segflow.compare`` was asked (see :mod:`segflow.cli.compare`)."""
+
+    data: str
+    models: str | None = None  # None: DEFAULT_MODELS to train; every model found to report
+    seeds: str | None = None  # None: "0" to train; every seed found to report
+    nfe: list[float] = field(default_factory=lambda: [1.0, 4.0, 8.0])
+    steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    samples: list[int] = field(default_factory=lambda: [1, 4])
+    tta: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    also_test: list[str] = field(default_factory=list)
+    name: str | None = None
+    out: Path | None = None
+    train: bool = True
+    evaluate: bool = True
+    overrides: list[str] = field(default_factory=list)
+    n_boot: int = 4000
+
+    @property
+    def sweep(self) -> str:
+        return self.name or f"compare_{self.data}"
+
+
+def _command(c: Comparison) -> str:
+    parts = ["python -m segflow.compare", f"--data {c.data}"]
+    parts += [f"--models {c.models}"] if c.models else []
+    parts += [f"--seeds {c.seeds}"] if c.seeds else []
+    parts += [f"--nfe {','.join(f'{b:g}' for b in c.nfe)}"]
+    parts += [f"--also-test {a}" for a in c.also_test] + c.overrides
+    return " ".join(parts)
+
+
+def hardware() -> str:
+    """The machine in words: CPU model and cores, and the GPU when one is visible."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores; {gpu}"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run(c: Comparison) -> Path:
+    """Every stage of the comparison; returns the report folder."""
+    also = P.also_test_sets(c.also_test)  # refused before anything runs
+    if not c.nfe or min(c.nfe) < 1:
+        raise ConfigError(f"--nfe {c.nfe}: give NFE budgets >= 1, e.g. --nfe 1,4,8")
+    if c.train:
+        c.models, c.seeds = c.models or P.DEFAULT_MODELS, c.seeds or "0"
+        P.train(c.models, c.data, c.seeds, c.sweep, c.overrides)
+    wanted = set(c.models.split(",")) if c.models else None
+    seeds = {int(s) for s in c.seeds.split(",")} if c.seeds else None
+    runs = {k: r for k, r in P.newest_per_model_seed(P.find_runs(P.sweep_folder(c.sweep))).items()
+            if (wanted is None or k[0] in wanted) and (seeds is None or k[1] in seeds)}
+    if not runs:
+        raise SystemExit(f"error: no finished runs under {P.sweep_folder(c.sweep)}; run the "
+                         "comparison's training first (without --report-only)")
+    passed = P.eval_overrides(c.overrides)
+    test_sets = {run: P.test_sets_of(run, also) for run in runs.values()}
+    # Stage 2: the val grid of every run (cells evaluated before are not repeated).
+    if c.evaluate:
+        for run in runs.values():
+            have = P.read_evaluations(run, test_sets[run])
+            cells = [s for s in P.val_grid(P.run_config(run), c.steps, c.samples, c.tta, max(c.nfe))
+                     if not P.has_evaluation(have, "val", s)]
+            for grid in P.as_grids(cells):
+                P.evaluate(run, "val", grid, passed)
+    val = [ev for run in runs.values() for ev in P.read_evaluations(run, test_sets[run])
+           if ev.test_set == "val"]
+    choices = P.choose_settings(val, sorted(c.nfe))
+    # Stage 3: each chosen setting once on every test set.
+    if c.evaluate:
+        for (model, _), run in runs.items():
+            have = P.read_evaluations(run, test_sets[run])
+            cells = [{k: v for k, v in zip(P.GRID_KEYS, key, strict=True) if v is not None}
+                     for key in sorted({ch.key for ch in choices if ch.model == model}, key=str)]
+            own = next(iter(P.test_sets_of(run, []).values()))
+            targets = [(own, [])] + [(label, [f"data={option}", f"data.root={root}"])
+                                     for label, option, root in also]
+            for label, data_args in targets:
+                missing = [cell for cell in cells if not P.has_evaluation(have, label, cell)]
+                for cell in missing:  # one evaluation per chosen setting: no extra cells
+                    P.evaluate(run, "test", {k: [v] for k, v in cell.items()}, passed, data_args)
+    tests = [ev for run in runs.values() for ev in P.read_evaluations(run, test_sets[run])
+             if ev.test_set != "val"]
+    generative = {model: P.is_generative(P.run_config(run)) for (model, _), run in runs.items()}
+    rows = build_rows(choices, tests, generative, c.n_boot)
+    out = c.out or P.output_root() / "compare" / c.sweep / time.strftime("%Y-%m-%d_%H-%M-%S")
+    header = (f"# segflow comparison: {c.sweep}\n\nCommit `{_commit()}`; hardware: {hardware()}. "
+              f"Command:\n\n"
+              f"```bash\n{_command(c)}\n```\n\nSettings chosen on the val split (best mean val "
+              f"Dice over seeds within each NFE budget), then tested once. Runs:\n\n"
+              + "".join(f"- {m} seed {s}: `{r}`\n" for (m, s), r in runs.items()))
+    write_report(out, rows, header)
+    print(f"\n{markdown(rows)}\ncomparison of {len(runs)} runs written to {out}", flush=True)
+    return out

@@ -1,0 +1,8 @@
+"""Conditional flow matching: the probability path, ODE solvers and the method."""
+
+from segflow.methods.flow import path, solvers
+from segflow.methods.flow.method import FlowMatching
+
+SOLVERS, solve, dopri5 = solvers.SOLVERS, solvers.solve, solvers.dopri5
+
+__all__ = ["SOLVERS", "FlowMatching", "dopri5", "path", "solve", "solvers"]
