@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from segflow.callbacks.ema import EMA
+from segflow.data.finite import check_finite_batch
 from segflow.distributed import all_gather_object
 from segflow.inference import check_inference, predict_image
 from segflow.methods.base import Method, Prediction
@@ -176,6 +177,7 @@ class SegModule(pl.LightningModule):
             self._warm_up(batch["image"], self.eval_generator(batch))
         self.timing = timing_device(batch["image"].device, self.timing_warmup)
         pred, seconds = self._timed_forward(batch["image"], self.eval_generator(batch))
+        check_finite_batch(pred.probs, batch["name"])  # stop with the image's name, not NaN metrics
         rows = self.test_metrics.update(pred.probs, batch["mask"], batch.get("valid"),
                                         samples=pred.samples)
         n_samples = 1 if pred.samples is None else int(pred.samples.shape[1])

@@ -30,7 +30,9 @@ import yaml
 
 from segflow.atomic import write_text
 from segflow.report_html import short_labels, write_report_page
-from segflow.runs.folders import claim_dir, find_runs, output_root
+from segflow.runs.failed import is_failed
+from segflow.runs.folders import claim_dir, find_runs, output_root, writable_error
+from segflow.runs.result_shapes import result_problem
 from segflow.runs.results import (
     TABLE_METRICS,
     line_groups,
@@ -76,7 +78,7 @@ def collect(runs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                  and k not in ("model", "data")]
     run_rows, eval_rows, settings_keys = [], [], {}
     for run in runs:
-        summary = read_json(run / "metrics.json")
+        summary = read_json(run / "metrics.json", "run")
         if summary is None:
             continue
         label = _label(run, root)
@@ -88,8 +90,8 @@ def collect(runs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         row["run_dir"] = str(run)
         run_rows.append(row)
         for result in sorted((run / "eval").glob("*/metrics.json")):
-            ev = read_json(result)
-            if ev is None:
+            ev = read_json(result, "eval")
+            if ev is None or is_failed(result.parent):
                 continue
             settings = ev.get("settings") or {}
             settings_keys.update(dict.fromkeys(settings))
@@ -100,7 +102,7 @@ def collect(runs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return run_rows, eval_rows, differing, list(settings_keys)
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path, kind: str = "run") -> dict[str, Any] | None:
     """A result file, or None (with a warning naming it) when it is damaged: one bad file
     must not stop the report of all the others."""
     try:
@@ -111,6 +113,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict):
         print(f"warning: skipped {path}: not a segflow result (a JSON object)", file=sys.stderr)
+        return None
+    problem = result_problem(data, kind)
+    if problem is not None:
+        print(f"warning: skipped {path}: {problem}; re-run that {kind} or delete the file",
+              file=sys.stderr, flush=True)
         return None
     return data
 
@@ -127,17 +134,20 @@ def write_report(paths: list[str | Path], out: Path | None = None, pictures: boo
     default the best / median / worst) and ``report.html`` (see :mod:`segflow.report_html`).
     """
     runs = find_runs(paths)
+    run_rows, eval_rows, differing, settings = collect(runs)
+    if not run_rows:  # checked before any folder is made: a failed report leaves none
+        raise FileNotFoundError(f"none of the {len(runs)} runs under {', '.join(map(str, paths))} "
+                                f"has a readable metrics.json (see the warnings above)")
     if out is None:
         if len(paths) == 1:
             out = Path(paths[0]) / "report"
         else:
             out = output_root() / "reports" / time.strftime("%Y-%m-%d_%H-%M-%S")
         out = claim_dir(out)  # a new folder: an earlier report is never replaced
-    out.mkdir(parents=True, exist_ok=True)
-    run_rows, eval_rows, differing, settings = collect(runs)
-    if not run_rows:
-        raise FileNotFoundError(f"none of the {len(runs)} runs under {', '.join(map(str, paths))} "
-                                f"has a readable metrics.json (see the warnings above)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise writable_error(out, exc) from None
     ident = ["run", "model", "data", *differing]
     shown = [k for k in SHOWN if _numeric(run_rows, k)]
     metric_cols = [k for k in TABLE_METRICS if _numeric(run_rows, k)]

@@ -34,7 +34,9 @@ from segflow.distributed import (
     is_ddp_child,
     job_overrides,
 )
+from segflow.distributed_faults import strategy_with_timeout
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError
+from segflow.preemption import slurm_plugins
 from segflow.runs.auto_resume import fingerprint, resolve_resume
 from segflow.runs.logs import build_many, route_lightning_logs_to_file
 from segflow.validate import validate_train
@@ -72,6 +74,11 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
         raise ConfigError(f"trainer=fsdp needs CUDA GPUs: Lightning runs FSDP on CUDA only "
                           f"(got trainer.accelerator={accelerator}); on CPU use trainer=ddp "
                           f"trainer.accelerator=cpu")
+    strategy_obj = strategy_with_timeout(t, cfg.get("ddp_timeout_s"))  # collectives end
+    if strategy_obj is not None and "strategy" not in kwargs:
+        kwargs["strategy"] = strategy_obj
+    if requeue := slurm_plugins(cfg):  # SLURM pre-emption: checkpoint and requeue
+        kwargs["plugins"] = [*(kwargs.get("plugins") or []), *requeue]
     if not any(hasattr(p, "save_checkpoint") for p in (t.get("plugins") or [])):
         kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
     try:

@@ -115,9 +115,18 @@ def check(cfg: DictConfig, rules: list[tuple[str, Check, str]]) -> None:
 
 def validate_train(cfg: DictConfig) -> None:
     check(cfg, TRAIN_RULES)
+    if cfg.get("model") is not None:  # a value of the wrong type in an experiment file
+        from segflow.config_files import check_target_types
+
+        check_target_types(cfg.model, "model")
     if cfg.get("trainer") is not None and _get(cfg, "trainer.max_epochs") == (True, 0):
         raise ConfigError("trainer.max_epochs=0 trains nothing: use a whole number >= 1")
 
 
 def validate_eval(cfg: DictConfig) -> None:
     check(cfg, EVAL_RULES)
+    present, name = _get(cfg, "data.name")
+    if present and name is not None:  # it becomes part of a folder name
+        from segflow.runs.folders import check_name
+
+        check_name("data.name", name)

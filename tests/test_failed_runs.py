@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from segflow.failed_runs import is_unstarted
+from segflow.runs.failed import holds_results
 
 from conftest import TINY, run_entry
 
@@ -23,10 +23,10 @@ def test_only_folders_with_nothing_of_value_count_as_unstarted(tmp_path):
     (run / ".hydra" / "config.yaml").write_text("a: 1\n")
     (run / "train.log").write_text("error\n")
     (run / "tensorboard").mkdir()
-    assert is_unstarted(run)
+    assert not holds_results(run)
     (run / "console.log").write_text("a background run's output\n")
-    assert not is_unstarted(run)
+    assert holds_results(run)
     (run / "console.log").unlink()
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert not is_unstarted(run)
+    assert holds_results(run)

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from segflow.cli.guards import run_output_guard
 from segflow.cli.overrides import open_key_overrides
 from segflow.conf.resolvers import register_resolvers
-from segflow.errors import ConfigError, exit_on_user_error
+from segflow.config_files import check_config_dirs
+from segflow.errors import ConfigError
 from segflow.export import check_format
-from segflow.failed_runs import discard_unstarted_run
 from segflow.runs.checkpoints import checkpoint_path
 from segflow.runs.folders import claim_dir, run_folder
 
@@ -63,15 +62,13 @@ def export(cfg: DictConfig, out: Path) -> Path:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def _hydra_main(cfg: DictConfig) -> None:
-    # A folder this export claimed is removed again when it fails (a given output_dir stays).
-    discard = (nullcontext() if cfg.get("output_dir")
-               else discard_unstarted_run(log, also=("export.log",)))
-    with exit_on_user_error(log), discard:
-        export(cfg, Path(HydraConfig.get().runtime.output_dir))
+    with run_output_guard(cfg, log) as out:  # a failed export leaves no folder of its own
+        export(cfg, out)
 
 
 def main() -> None:
     """Entry point (``segflow-export``): ``model.*`` overrides merge into the run's config."""
+    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
     sys.argv[1:] = open_key_overrides(sys.argv[1:])
     register_resolvers()
     _hydra_main()

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from segflow.errors import SegflowError
+from segflow.errors import SegflowError, disk_error
 from segflow.reporting import write_report
 
 
@@ -34,5 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         write_report(args.paths, args.out, not args.no_pictures, args.images, args.device)
     except (FileNotFoundError, SegflowError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only or full place
+        if disk_error(exc) is None:
+            raise
+        print(f"error: {disk_error(exc)}", file=sys.stderr)
         return 2
     return 0

@@ -8,8 +8,8 @@ as its one sentence and exits with status 2 (:func:`~segflow.runs.folders.exit_i
   sweep folders (``hydra/default.yaml``, ``bench.yaml``);
 * ``segflow_name:<key>,<value>``: ``value`` when it can be one folder name;
 * ``segflow_eval_root:<output_dir>,<run_dir>``: where an evaluation writes (``eval.yaml``);
-* ``segflow_predict_dir:<output_dir>,<run_dir>,<input_dir>``: the folder of a prediction
-  (``predict.yaml``);
+* ``segflow_predict_dir:<output_dir>,<run_dir>,<input_dir>,<overwrite>``: the folder of a
+  prediction, refused before anything is written in it (``predict.yaml``);
 * ``segflow_export_dir:<output_dir>,<run_dir>,<format>``: the folder of an export
   (``export.yaml``);
 * ``segflow.rank0_only:<value>`` / ``segflow.rank_log:<stem>``: ``.hydra/`` and the log file
@@ -22,7 +22,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from segflow.runs.folders import check_name, eval_root, exit_in_resolver, shared_claims
+from segflow.runs.folders import (
+    check_name,
+    check_writable,
+    eval_root,
+    exit_in_resolver,
+    shared_claims,
+)
 
 
 def _global_rank() -> int:
@@ -31,10 +37,16 @@ def _global_rank() -> int:
     return env_global_rank()
 
 
-def _predict_dir(output_dir: str | None, run_dir: str, input_dir: str) -> str:
-    from segflow.prediction import output_folder  # reads images: imported when used
+def _predict_dir(output_dir: str | None, run_dir: str, input_dir: str,
+                 overwrite: bool = False) -> str:
+    from segflow.data.io import list_images  # reads images: imported when used
+    from segflow.prediction import check_overwrites, output_folder
 
-    return str(output_folder(output_dir, run_dir, input_dir))
+    folder = output_folder(output_dir, run_dir, input_dir)
+    if output_dir:  # refused before Hydra writes .hydra/ into it: a refused folder stays as it was
+        check_overwrites(folder, list(list_images(Path(input_dir))), bool(overwrite))
+        check_writable(folder)
+    return str(folder)
 
 
 def _export_dir(output_dir: str | None, run_dir: str, fmt: str) -> str:
