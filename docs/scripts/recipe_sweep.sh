@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# The recipe sweep of docs/results.md ("Training recipes of the generative presets"): every
-# training recipe of medsegdiff_small and flow_small on one dataset at one budget, the
+# The recipe sweep: every training recipe of medsegdiff_small and flow_small on one dataset at one budget, the
 # supervised nets beside them, each generative run sampled under one grid, one report per
 # family (report/report.md: a row per run with the overrides that differ; report/evals.md:
 # a row per run and sampling setting). Recipes are compared on the **val** split: the test

@@ -112,8 +112,8 @@ def run(c: Comparison) -> Path:
                                      for label, option, root in also]
             for label, data_args in targets:
                 missing = [cell for cell in cells if not P.has_evaluation(have, label, cell)]
-                for cell in missing:  # one evaluation per chosen setting: no extra cells
-                    P.evaluate(run, "test", {k: [v] for k, v in cell.items()}, passed, data_args)
+                for grid in P.as_grids(missing):  # exact products: no setting val did not choose
+                    P.evaluate(run, "test", grid, passed, data_args)
     tests = [ev for run in runs.values() for ev in P.read_evaluations(run, test_sets[run])
              if ev.test_set != "val"]
     generative = {model: P.is_generative(P.run_config(run)) for (model, _), run in runs.items()}
