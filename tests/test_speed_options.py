@@ -100,3 +100,11 @@ def test_gpu_presets_train_in_bf16_and_options_default_off():
 def test_a_bad_compile_value_is_one_clear_error():
     with pytest.raises(ConfigError, match="model.compile"):
         validate_train(_compose("model.compile=fast"))
+
+
+def test_channels_last_run_end_to_end(train):
+    import json
+
+    _, run = train("model=unet", "model.channels_last=true")
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["global_step"] > 0 and m["test"]["dice"] >= 0.0  # trained, validated, tested
