@@ -85,3 +85,19 @@ def test_old_checkpoints_load_into_the_block():
     state = AttentionBlock(16, 2).state_dict()
     assert state["qkv.weight"].shape == (48, 16, 1) and state["proj.weight"].shape == (16, 16, 1)
     AttentionBlock(16, 2).load_state_dict(state)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("channels", "heads"), [(128, 2), (256, 4), (512, 4)])
+def test_attention_runs_on_fused_cuda_kernels(channels, heads):
+    """The 80-px level of the full presets (N = 6,400 tokens) in bf16, forward and backward,
+    with the unfused fallback refused: a layout the fused kernels do not take raises."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    block = AttentionBlock(channels, heads).cuda()
+    x = torch.randn(4, channels, 80, 80, device="cuda", requires_grad=True)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]), \
+            torch.autocast("cuda", dtype=torch.bfloat16):
+        block(x.contiguous(memory_format=torch.channels_last)).float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
