@@ -85,7 +85,7 @@ lint: | $(NEEDS_VENV)  ## ruff over segflow and tests
 bench: | $(NEEDS_VENV)  ## benchmarks -> outputs/bench/<time>/ (MODE=full on a GPU; ARGS="models=[flow] ...")
 	$(PY) -m segflow.bench bench=$(MODE) $(ARGS)
 
-gpu-check: | $(NEEDS_VENV)  ## the prepared GPU check (presets x precision, DDP, DRIVE, flow, medsegdiff) -> gpu_check.json + .md (ARGS=--dry-run)
+gpu-check: | $(NEEDS_VENV)  ## the prepared GPU check (fused attention, speed options, DDP, DRIVE time to Dice, loader wait) -> gpu_check.json + .md (ARGS=--dry-run)
 	$(PY) -m segflow.bench.gpu_check $(ARGS)
 
 tensorboard: | $(NEEDS_VENV)  ## tensorboard over every run

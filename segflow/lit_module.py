@@ -40,6 +40,18 @@ def timing_device(device: torch.device, warmup: int) -> dict[str, Any]:
     return {"device": name, "warmup_passes": int(warmup)}
 
 
+def compile_options(value: bool | dict[str, Any] | None) -> dict[str, Any] | None:
+    """``model.compile`` as ``torch.compile`` keyword arguments, or None (no compiling)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return dict(value.items())
+    raise ValueError(f"model.compile must be true, false or a dict of torch.compile options "
+                     f"(e.g. {{mode: max-autotune}}), got {value!r}")
+
+
 class SegModule(pl.LightningModule):
     """Optimisation, metrics and logging around a method and a network.
 
@@ -75,6 +87,14 @@ class SegModule(pl.LightningModule):
             ``max_whole_size``, ``sigma_scale``, ``tile_batch``). Empty: pad to the
             network's multiple and predict in one pass. The training config passes the
             dataset's ``data.inference`` here.
+        compile: ``torch.compile`` the network (training and sampling share the compiled
+            forward; the weights and checkpoints are the eager module's). False (the
+            default), True, or a dict of ``torch.compile`` options (e.g. ``{mode:
+            max-autotune}``). Applied in :meth:`setup`, after the callbacks copied the model.
+        channels_last: keep the network's weights and every 4-D batch tensor in the
+            channels-last memory format (faster convolutions on tensor-core GPUs).
+        fused_optimizer: ask the optimiser's fused CUDA kernel (AdamW, Adam, SGD) when the
+            network is on CUDA; ignored elsewhere.
     """
 
     def __init__(self, net: nn.Module, method: Method, name: str = "model",
@@ -83,7 +103,9 @@ class SegModule(pl.LightningModule):
                  scheduler: SchedulerFactory | None = None, threshold: float = 0.5,
                  log_image_enabled: bool = True, log_image_names: list[str] | tuple = (),
                  num_log_images: int = 4, ema_decay: float | None = None,
-                 inference: dict[str, Any] | None = None):
+                 inference: dict[str, Any] | None = None,
+                 compile: bool | dict[str, Any] = False, channels_last: bool = False,
+                 fused_optimizer: bool = True):
         super().__init__()
         method.check_net(net)
         self.net, self.method, self.name = net, method, name
@@ -93,12 +115,17 @@ class SegModule(pl.LightningModule):
         # the optimiser and schedule are in the run config stored with every checkpoint.
         log_image_names = [str(n) for n in (log_image_names or [])]
         inference = check_inference(inference)
-        self.save_hyperparameters(ignore=["net", "method", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["net", "method", "optimizer", "scheduler", "compile"])
         self.log_image_enabled = log_image_enabled
         self.log_image_names = log_image_names
         self.num_log_images = num_log_images
         self.ema_decay = ema_decay
         self.inference = inference
+        self.compile_options = compile_options(compile)
+        self.channels_last = bool(channels_last)
+        self.fused_optimizer = bool(fused_optimizer)
+        if self.channels_last:  # before any copy (EMA): .to(device) keeps the format
+            self.net.to(memory_format=torch.channels_last)
         self.val_metrics = VesselMetrics(threshold)
         self.test_metrics = EvalMetrics(threshold)
         self.test_results: dict[str, float] = {}
@@ -113,6 +140,20 @@ class SegModule(pl.LightningModule):
         # The resolved run config, stored in every checkpoint so that one file is enough
         # to rebuild the model (see segflow.runs.checkpoints.load_model). Set by the entry point.
         self.run_config: dict[str, Any] | None = None
+
+    # -- performance options ------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Compile the network (``compile``) once, in place: ``net.compile()`` keeps its
+        parameters and state-dict keys, so checkpoints and the weight EMA are unchanged."""
+        if self.compile_options is not None and not getattr(self.net, "_compiled_call_impl", None):
+            self.net.compile(**self.compile_options)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``channels_last``: every 4-D tensor of the batch in the channels-last format."""
+        if self.channels_last and isinstance(batch, dict):
+            return {k: v.contiguous(memory_format=torch.channels_last)
+                    if torch.is_tensor(v) and v.ndim == 4 else v for k, v in batch.items()}
+        return batch
 
     # -- steps --------------------------------------------------------------------------
     def forward(self, image: Tensor, generator: torch.Generator | None = None) -> Prediction:
@@ -221,7 +262,7 @@ class SegModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """``model.optimizer`` over the network's parameters (only the network is trained),
         ``model.scheduler`` over the run's optimiser steps, stepped every step."""
-        optimizer = build_optimizer(self.optimizer_factory, self.net)
+        optimizer = build_optimizer(self.optimizer_factory, self.net, self.fused_optimizer)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = build_scheduler(self.scheduler_factory, optimizer, total)
         return {"optimizer": optimizer,

@@ -205,7 +205,7 @@ def fit_summary(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path, fp: str,
         # ddp_spawn trained in other processes: this trainer's loops never advanced.
         saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
         epochs, step = saved["epoch"] + 1, saved["global_step"]
-    return {
+    summary = {
         "experiment": cfg.experiment_name, "fingerprint": fp, "resumed_from": ckpt_path,
         "model": cfg.model.name, "data": cfg.data.name,
         "run_dir": str(run_dir), "epochs": epochs, "global_step": step,
@@ -213,6 +213,10 @@ def fit_summary(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path, fp: str,
         "best_checkpoint": best or None,
         "best_val_dice": float(ckpt_cb.best_model_score) if getattr(ckpt_cb, "best_model_score", None) is not None else None,
     }
+    for cb in trainer.callbacks:  # time to accuracy, data-loader wait (segflow.callbacks.timing)
+        if callable(getattr(cb, "run_summary", None)):
+            summary.update(cb.run_summary())
+    return summary
 
 
 def run_test(cfg: DictConfig, trainer: pl.Trainer, module: Any, datamodule: Any,

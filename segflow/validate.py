@@ -79,6 +79,10 @@ TRAIN_RULES: list[tuple[str, Check, str]] = [
     ("model.learning_rate", num_range(0, lo_open=True), "a number > 0"),
     ("model.threshold", num_range(0, 1), "a probability in [0, 1]"),
     ("model.ema_decay", num_range(0, 1, null=True), "a number in [0, 1) or null (no EMA)"),
+    ("model.compile", lambda v: isinstance(v, (bool, dict)),
+     "true, false or a dict of torch.compile options, e.g. {mode: max-autotune}"),
+    ("model.channels_last", one_of(True, False), "true or false"),
+    ("model.fused_optimizer", one_of(True, False), "true or false"),
     ("test_after_fit", one_of(True, False), "true or false"),
 ]
 
