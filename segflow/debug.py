@@ -53,7 +53,9 @@ def debug_data(cfg: DictConfig, data_cfg: DictConfig, given: Iterable[str] = ())
         return data_cfg
     extra = {k: v for k, v in OmegaConf.to_container(limits, resolve=True).items()
              if k not in set(given)}
-    return OmegaConf.merge(data_cfg, extra)
+    merged = OmegaConf.merge(data_cfg, {})
+    OmegaConf.set_struct(merged, False)  # a composed data group need not declare eval_crop
+    return OmegaConf.merge(merged, extra)
 
 
 def data_keys(overrides: Iterable[str]) -> list[str]:
