@@ -58,6 +58,12 @@ HARMLESS: tuple[Harmless, ...] = (
         "resuming training is not restored",
         r"You're using the WeightAveraging callback, but loading a checkpoint outside the "
         r"'fit' stage"),
+    Harmless(
+        "module_batch_hook", "pytorch_lightning (trainer/connectors/data_connector.py)",
+        "SegModule.on_after_batch_transfer (model.channels_last) is meant to apply with any "
+        "datamodule; segflow's datamodules define no such hook, so nothing is overridden",
+        r"You have overridden `on_after_batch_transfer` in `LightningModule` but have passed "
+        r"in a `LightningDataModule`"),
 )
 
 
