@@ -60,7 +60,8 @@ sweep-lr: | $(NEEDS_VENV)  ## a learning-rate sweep: MODEL=unet LRS=1e-4,3e-4,1e
 
 # make compare: train MODELS x SEEDS on DATA with one budget, choose settings on val, test once, one table.
 compare: | $(NEEDS_VENV)  ## fair comparison: DATA=synthetic_xca [MODELS=unet,flow_small] [SEEDS=0,1,2] [ARGS="data.root=... --nfe 1,4"]
-	@if [ -z "$(strip $(MODELS))" ]; then echo "make compare: MODELS is empty; give model presets, e.g. MODELS=unet,flow_small"; exit 2; fi
+	$(if $(strip $(MODELS)),,$(error MODELS is empty: name the models to compare, e.g. make compare MODELS=unet,flow_small))
+	$(if $(strip $(DATA)),,$(error DATA is empty: name the dataset, e.g. make compare DATA=synthetic_xca))
 	$(PY) -m segflow.compare --data $(DATA) --models $(MODELS) --seeds $(SEEDS) $(ARGS)
 
 logs:  ## follow the newest run's log (console.log of a BG=1 run, else train.log)
@@ -84,7 +85,7 @@ lint: | $(NEEDS_VENV)  ## ruff over segflow and tests
 bench: | $(NEEDS_VENV)  ## benchmarks -> outputs/bench/<time>/ (MODE=full on a GPU; ARGS="models=[flow] ...")
 	$(PY) -m segflow.bench bench=$(MODE) $(ARGS)
 
-gpu-check: | $(NEEDS_VENV)  ## the prepared GPU check (presets x precision, DDP, DRIVE, flow, medsegdiff) -> gpu_check.json + .md (ARGS=--dry-run)
+gpu-check: | $(NEEDS_VENV)  ## the prepared GPU check (fused attention, speed options, DDP, DRIVE time to Dice, loader wait) -> gpu_check.json + .md (ARGS=--dry-run)
 	$(PY) -m segflow.bench.gpu_check $(ARGS)
 
 tensorboard: | $(NEEDS_VENV)  ## tensorboard over every run

@@ -1,6 +1,7 @@
 """segflow: vessel segmentation with supervised, diffusion and flow-matching models.
 
-``segflow.load_run(path)`` loads a trained run for prediction (see :mod:`segflow.api`).
+``segflow.load_run(path)`` loads a trained run for prediction (see :mod:`segflow.api`):
+``segflow.load_run(run_dir).predict(images)`` takes an array, a stack, files or a folder.
 """
 
 from __future__ import annotations
@@ -18,3 +19,6 @@ def __getattr__(name: str) -> Any:  # the API imports torch/Lightning: only when
         return getattr(api, name)
     raise AttributeError(f"module 'segflow' has no attribute {name!r}")
 
+
+def __dir__() -> list[str]:  # the lazily imported API is listed too
+    return sorted({*globals(), *__all__})

@@ -6,6 +6,8 @@ Example::
     run = segflow.load_run("outputs/runs/unet_synthetic_xca/2026-01-01_12-00-00")
     out = run.predict("image.png")                 # or an (H, W[, C]) numpy array
     out.probabilities, out.mask, out.uncertainty   # (H, W) arrays; uncertainty for ensembles
+    outs = run.predict("my_images/")               # a folder, a list of paths/arrays or an
+                                                   # (N, H, W[, C]) stack: a list, batched
     out = run.predict(image, steps=10, n_samples=8)  # a generative model's sampling settings
 
 The image goes through the run's own preprocessing (:class:`segflow.data.preprocess.Preprocess`:
@@ -39,6 +41,7 @@ class Segmentation:
         uncertainty: float32 (H, W) per-pixel spread of an ensemble, or None.
         samples: float32 (N, H, W) the ensemble members' probabilities, or None.
         nfe: network evaluations per member.
+        name: the file name, or ``#i`` (the position) for arrays.
     """
 
     probabilities: np.ndarray
@@ -46,6 +49,7 @@ class Segmentation:
     uncertainty: np.ndarray | None
     samples: np.ndarray | None
     nfe: int
+    name: str | None = None
 
 
 class Run:
@@ -96,31 +100,47 @@ class Run:
         finally:
             self.module.method = base
 
-    def predict(self, image: str | Path | np.ndarray, fov: np.ndarray | None = None,
-                seed: int | None = 0, threshold: float | None = None,
-                **sampling_settings: Any) -> Segmentation:
-        """Segment one image.
+    def predict(self, image: Any, fov: Any = None, seed: int | None = 0,
+                threshold: float | None = None, batch_size: int = 8,
+                **sampling_settings: Any) -> Segmentation | list[Segmentation]:
+        """Segment one image, or many in batches on the device.
 
         Args:
-            image: a file path, or an array (H, W) / (H, W, 1|3|4) in RGB order, uint8,
-                uint16 or float in [0, 1].
-            fov: optional (H, W) field-of-view mask: ``data.intensity`` statistics are
-                taken inside it, as in training on a dataset with FOV masks.
-            seed: seed of a generative model's sampling noise (None: unseeded).
+            image: an (H, W) / (H, W, 1|3|4) array in RGB order (uint8, uint16 or float in
+                [0, 1]) or an image file: one :class:`Segmentation`; an (N, H, W[, C])
+                stack, a list of paths and/or arrays, or a folder of images: a list of them
+                in input order (folder: by file name). See :mod:`segflow.api_inputs`.
+            fov: optional (H, W) field-of-view mask (a list or stack, one per image, for
+                many): ``data.intensity`` statistics are taken inside it, as in training.
+            seed: seed of a generative model's sampling noise, drawn once per batch
+                (None: unseeded).
             threshold: probability threshold of ``mask`` (default: the model's).
+            batch_size: images of one size per network call.
             sampling_settings: a generative model's settings for this call, e.g.
                 ``steps=10, n_samples=8, solver="heun"`` (see ``sampling_settings``).
 
         Returns:
-            :class:`Segmentation` at the image's size.
+            :class:`Segmentation` at the image's size, or a list of them.
+
+        Raises:
+            segflow.errors.DataError: an input of another form, an empty array or folder,
+                a missing file (one sentence saying what is accepted).
         """
-        x = self.preprocess(image, fov)[None]
-        pred = self.predict_tensor(x, seed, **sampling_settings)
+        from segflow.api_inputs import batches, gather
+
+        items, single = gather(image, fov)
         thr = self.threshold if threshold is None else float(threshold)
-        probs = pred.probs[0, 0].float().cpu().numpy()
-        unc = None if pred.uncertainty is None else pred.uncertainty[0, 0].float().cpu().numpy()
-        samples = None if pred.samples is None else pred.samples[0, :, 0].float().cpu().numpy()
-        return Segmentation(probs, probs > thr, unc, samples, int(pred.nfe))
+        out: list[Segmentation | None] = [None] * len(items)
+        for index, x in batches(items, lambda it: self.preprocess(it.source, it.fov), batch_size):
+            pred = self.predict_tensor(x, seed, **sampling_settings)
+            for k, i in enumerate(index):
+                probs = pred.probs[k, 0].float().cpu().numpy()
+                unc = (None if pred.uncertainty is None
+                       else pred.uncertainty[k, 0].float().cpu().numpy())
+                samples = None if pred.samples is None else pred.samples[k, :, 0].float().cpu().numpy()
+                out[i] = Segmentation(probs, probs > thr, unc, samples, int(pred.nfe),
+                                      items[i].name)
+        return out[0] if single else out
 
 
 def load_run(path: str | Path, which: str = "best", weights: str = "ema",

@@ -10,6 +10,9 @@ The internals used:
 * ``pytorch_lightning.strategies.launchers.subprocess_script._hydra_subprocess_cmd`` —
   the command Lightning runs for DDP ranks 1..N-1 under Hydra (``segflow.distributed``
   replaces it for one job);
+* ``..._launch_process_observer`` and ``lightning_fabric``'s ``_ChildProcessObserver`` —
+  the thread that kills a DDP job whose child died (``segflow.distributed_faults`` marks
+  the run ``FAILED`` first);
 * ``trainer.fit_loop._data_fetcher`` — the training iterator, restarted after a resume
   (:class:`segflow.callbacks.ExactResume`);
 * a logger's ``_experiment`` — the writer, ``None`` until the logger first writes
@@ -24,6 +27,7 @@ The Lightning versions segflow is tested with are :data:`LIGHTNING_SUPPORTED`
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,7 +36,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.strategies.launchers import subprocess_script as _subprocess_script
 
-__all__ = ["LIGHTNING_SUPPORTED", "WeightAveraging", "ddp_child_command",
+__all__ = ["LIGHTNING_SUPPORTED", "WeightAveraging", "ddp_child_command", "ddp_child_watch",
            "install_average_model", "lightning_problems", "logger_experiment_if_open",
            "restart_train_iterator", "weight_averaging_device"]
 
@@ -40,6 +44,7 @@ __all__ = ["LIGHTNING_SUPPORTED", "WeightAveraging", "ddp_child_command",
 LIGHTNING_SUPPORTED = ">=2.6,<2.7"
 
 _HYDRA_CMD = "_hydra_subprocess_cmd"
+_OBSERVER = "_launch_process_observer"
 
 
 # -- DDP children under Hydra -------------------------------------------------------------
@@ -53,6 +58,36 @@ def ddp_child_command(build: Callable[[int], tuple[list[str], str]]) -> Iterator
         yield
     finally:
         setattr(_subprocess_script, _HYDRA_CMD, previous)
+
+
+@contextmanager
+def ddp_child_watch(on_death: Callable[[int, int, int], None]) -> Iterator[list]:
+    """While inside, when Lightning's launcher finds a DDP child process ended with a
+    non-zero status, ``on_death(local_rank, pid, returncode)`` runs before the launcher
+    kills the job's other processes (Lightning's behaviour, kept). Yields the list that
+    receives the child processes (``subprocess.Popen``) once Lightning started them."""
+    from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    class _Observer(_ChildProcessObserver):
+        def _terminate_all(self) -> None:
+            for i, proc in enumerate(self._child_processes):
+                if proc.returncode:
+                    on_death(i + 1, proc.pid, proc.returncode)
+                    break
+            super()._terminate_all()
+
+    children: list = []
+
+    def launch(procs: list) -> None:
+        children[:] = procs
+        _Observer(main_pid=os.getpid(), child_processes=procs).start()
+
+    previous = getattr(_subprocess_script, _OBSERVER)
+    setattr(_subprocess_script, _OBSERVER, launch)
+    try:
+        yield children
+    finally:
+        setattr(_subprocess_script, _OBSERVER, previous)
 
 
 # -- the training iterator ------------------------------------------------------------------
@@ -104,6 +139,15 @@ def lightning_problems() -> list[str]:
     elif list(inspect.signature(hook).parameters) != ["local_rank"]:
         problems.append(f"{_HYDRA_CMD} now takes {list(inspect.signature(hook).parameters)} "
                         f"instead of (local_rank); update segflow.compat.ddp_child_command")
+    if not callable(getattr(_subprocess_script, _OBSERVER, None)):
+        problems.append(f"pytorch_lightning.strategies.launchers.subprocess_script.{_OBSERVER} is "
+                        f"gone; update segflow.compat.ddp_child_watch")
+    from lightning_fabric.strategies.launchers import subprocess_script as _fabric_script
+
+    observer = getattr(_fabric_script, "_ChildProcessObserver", None)
+    if observer is None or not all(hasattr(observer, a) for a in ("_terminate_all", "_run")):
+        problems.append("lightning_fabric's _ChildProcessObserver (or its _terminate_all) is gone; "
+                        "update segflow.compat.ddp_child_watch")
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu", devices=1)
     if not hasattr(trainer.fit_loop, "_data_fetcher"):

@@ -11,7 +11,10 @@ from contextlib import contextmanager
 
 
 class SegflowError(Exception):
-    """Base class of user-facing errors."""
+    """Base class of user-facing errors (printed as their sentence; the process exits with
+    ``exit_code``: 2, the user must change something; 1, a fault such as a lost DDP rank)."""
+
+    exit_code = 2
 
 
 class DataError(SegflowError, ValueError):
@@ -69,8 +72,8 @@ def disk_error(exc: BaseException) -> SegflowError | None:
 @contextmanager
 def exit_on_user_error(log: logging.Logger) -> Iterator[None]:
     """The entry points' error handling: a user error (anywhere in the exception chain) is
-    logged as its one sentence and the process exits with status 2; anything else is a bug
-    and propagates with its traceback."""
+    logged as its one sentence and the process exits with its ``exit_code`` (2: the user
+    must change something); anything else is a bug and propagates with its traceback."""
     try:
         yield
     except Exception as exc:
@@ -78,4 +81,4 @@ def exit_on_user_error(log: logging.Logger) -> Iterator[None]:
         if user_error is None:
             raise
         log.error("%s", user_error)
-        sys.exit(2)
+        sys.exit(getattr(user_error, "exit_code", 2))

@@ -191,7 +191,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
             # where the images and labels are (for notebooks showing predictions beside truth)
             "split_dir": str(datamodule.split_dirs[cfg.split]), "image_dir": datamodule.image_dir,
             "label_dir": datamodule.label_dir,
-            "metrics": results})
+            "metrics": results, "timing": module.timing})  # seconds_per_image: device, warm-up
         write_csv(out / "per_image.csv", rows, columns_of(rows, ["name", *TABLE_METRICS]))
         _print_table(f"{stored.model.get('name')} on {data_name}/{cfg.split} {settings or ''} "
                      f"-> {out}", [{"images": len(rows), **results}],

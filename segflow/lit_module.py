@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from segflow.callbacks.ema import EMA
+from segflow.data.finite import check_finite_batch
 from segflow.distributed import all_gather_object
 from segflow.inference import check_inference, predict_image
 from segflow.methods.base import Method, Prediction
@@ -25,6 +26,30 @@ from segflow.optim import (
 )
 
 EVAL_SEED = 20240601  # base seed of the validation/test sampling noise (see eval_generator)
+
+
+def timing_device(device: torch.device, warmup: int) -> dict[str, Any]:
+    """Where ``seconds_per_image`` is measured: ``{"device": "cuda:0 (NVIDIA H100 ...)" or
+    "cpu (8 threads)", "warmup_passes": n}``."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    else:
+        n = torch.get_num_threads()
+        name = f"{device.type} ({n} thread{'s' if n != 1 else ''})"
+    return {"device": name, "warmup_passes": int(warmup)}
+
+
+def compile_options(value: bool | dict[str, Any] | None) -> dict[str, Any] | None:
+    """``model.compile`` as ``torch.compile`` keyword arguments, or None (no compiling)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return dict(value.items())
+    raise ValueError(f"model.compile must be true, false or a dict of torch.compile options "
+                     f"(e.g. {{mode: max-autotune}}), got {value!r}")
 
 
 class SegModule(pl.LightningModule):
@@ -62,6 +87,14 @@ class SegModule(pl.LightningModule):
             ``max_whole_size``, ``sigma_scale``, ``tile_batch``). Empty: pad to the
             network's multiple and predict in one pass. The training config passes the
             dataset's ``data.inference`` here.
+        compile: ``torch.compile`` the network (training and sampling share the compiled
+            forward; the weights and checkpoints are the eager module's). False (the
+            default), True, or a dict of ``torch.compile`` options (e.g. ``{mode:
+            max-autotune}``). Applied in :meth:`setup`, after the callbacks copied the model.
+        channels_last: keep the network's weights and every 4-D batch tensor in the
+            channels-last memory format (faster convolutions on tensor-core GPUs).
+        fused_optimizer: ask the optimiser's fused CUDA kernel (AdamW, Adam, SGD) when the
+            network is on CUDA; ignored elsewhere.
     """
 
     def __init__(self, net: nn.Module, method: Method, name: str = "model",
@@ -70,7 +103,9 @@ class SegModule(pl.LightningModule):
                  scheduler: SchedulerFactory | None = None, threshold: float = 0.5,
                  log_image_enabled: bool = True, log_image_names: list[str] | tuple = (),
                  num_log_images: int = 4, ema_decay: float | None = None,
-                 inference: dict[str, Any] | None = None):
+                 inference: dict[str, Any] | None = None,
+                 compile: bool | dict[str, Any] = False, channels_last: bool = False,
+                 fused_optimizer: bool = True):
         super().__init__()
         method.check_net(net)
         self.net, self.method, self.name = net, method, name
@@ -80,21 +115,45 @@ class SegModule(pl.LightningModule):
         # the optimiser and schedule are in the run config stored with every checkpoint.
         log_image_names = [str(n) for n in (log_image_names or [])]
         inference = check_inference(inference)
-        self.save_hyperparameters(ignore=["net", "method", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["net", "method", "optimizer", "scheduler", "compile"])
         self.log_image_enabled = log_image_enabled
         self.log_image_names = log_image_names
         self.num_log_images = num_log_images
         self.ema_decay = ema_decay
         self.inference = inference
+        self.compile_options = compile_options(compile)
+        self.channels_last = bool(channels_last)
+        self.fused_optimizer = bool(fused_optimizer)
+        if self.channels_last:  # before any copy (EMA): .to(device) keeps the format
+            self.net.to(memory_format=torch.channels_last)
         self.val_metrics = VesselMetrics(threshold)
         self.test_metrics = EvalMetrics(threshold)
         self.test_results: dict[str, float] = {}
         # One dict per test image (name, per-image metrics, nfe, seconds), gathered from
         # every rank at the end of the test epoch (sorted by name).
         self.test_rows: list[dict[str, Any]] = []
+        # Untimed passes on the first test batch of every test epoch (every setting of an
+        # eval grid), and where seconds_per_image was measured (set by test_step).
+        self.timing_warmup = 1
+        self.timing: dict[str, Any] = {}
+        self._warmups_left = 0
         # The resolved run config, stored in every checkpoint so that one file is enough
         # to rebuild the model (see segflow.runs.checkpoints.load_model). Set by the entry point.
         self.run_config: dict[str, Any] | None = None
+
+    # -- performance options ------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Compile the network (``compile``) once, in place: ``net.compile()`` keeps its
+        parameters and state-dict keys, so checkpoints and the weight EMA are unchanged."""
+        if self.compile_options is not None and not getattr(self.net, "_compiled_call_impl", None):
+            self.net.compile(**self.compile_options)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``channels_last``: every 4-D tensor of the batch in the channels-last format."""
+        if self.channels_last and isinstance(batch, dict):
+            return {k: v.contiguous(memory_format=torch.channels_last)
+                    if torch.is_tensor(v) and v.ndim == 4 else v for k, v in batch.items()}
+        return batch
 
     # -- steps --------------------------------------------------------------------------
     def forward(self, image: Tensor, generator: torch.Generator | None = None) -> Prediction:
@@ -139,8 +198,27 @@ class SegModule(pl.LightningModule):
         self.val_metrics.update(pred.probs, batch["mask"], batch.get("valid"))
         return {"prediction": pred}
 
+    def _warm_up(self, image: Tensor, generator: torch.Generator) -> None:
+        """The untimed passes: one-off costs (allocations, cuDNN autotuning, lazy
+        initialisation) charged to no setting. Same shapes as the timed pass, at most one
+        sampling step; the evaluation's own generator is not touched."""
+        method = self.method
+        try:
+            self.method, _ = method.capped(steps=1)
+        except (ValueError, TypeError):
+            pass
+        try:
+            for _ in range(self._warmups_left):
+                self(image, generator)
+        finally:
+            self.method, self._warmups_left = method, 0
+
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        if self._warmups_left:
+            self._warm_up(batch["image"], self.eval_generator(batch))
+        self.timing = timing_device(batch["image"].device, self.timing_warmup)
         pred, seconds = self._timed_forward(batch["image"], self.eval_generator(batch))
+        check_finite_batch(pred.probs, batch["name"])  # stop with the image's name, not NaN metrics
         rows = self.test_metrics.update(pred.probs, batch["mask"], batch.get("valid"),
                                         samples=pred.samples)
         n_samples = 1 if pred.samples is None else int(pred.samples.shape[1])
@@ -153,6 +231,7 @@ class SegModule(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_rows = []
+        self._warmups_left = int(self.timing_warmup)
 
     def _log_epoch_metrics(self, stage: str, metrics: VesselMetrics) -> dict[str, float]:
         values = metrics.compute()  # reduced over all ranks: identical everywhere
@@ -175,7 +254,7 @@ class SegModule(pl.LightningModule):
         if self.test_rows:  # sampling cost, averaged over every image of every rank
             for key in ("nfe", "n_samples", "nfe_per_image"):
                 results[key] = float(sum(r[key] for r in rows) / len(rows))
-            # Median: robust to the first batch's one-off warm-up (allocations, autotuning).
+            # After the untimed warm-up (test_step); the median for what noise remains.
             results["seconds_per_image"] = float(statistics.median(r["seconds"] for r in rows))
         self.test_results = results
 
@@ -183,7 +262,7 @@ class SegModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """``model.optimizer`` over the network's parameters (only the network is trained),
         ``model.scheduler`` over the run's optimiser steps, stepped every step."""
-        optimizer = build_optimizer(self.optimizer_factory, self.net)
+        optimizer = build_optimizer(self.optimizer_factory, self.net, self.fused_optimizer)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = build_scheduler(self.scheduler_factory, optimizer, total)
         return {"optimizer": optimizer,

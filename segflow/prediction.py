@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
 from segflow.api import load_run
+from segflow.data.finite import check_finite_output
 from segflow.data.io import IMAGE_EXTS, list_images
 from segflow.debug import debug_sampling
 from segflow.errors import ConfigError, DataError
@@ -138,6 +139,7 @@ def predict_folder(cfg: DictConfig, out: Path | None = None) -> list[dict[str, A
         start = time.perf_counter()
         pred = run.predict_tensor(x[None], seed=None)  # the global generator seeded above
         seconds = time.perf_counter() - start
+        check_finite_output(pred.probs, path.name)  # no NaN mask, no empty mask
         rows.append(_save(out, stem, path.name, x.shape[-2:], pred, run.threshold, seconds))
     if not rows:
         raise DataError(f"none of the {len(images)} images in {input_dir} could be read "

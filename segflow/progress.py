@@ -1,4 +1,4 @@
-"""Progress bars (tqdm, as Lightning's default bar) for the long loops outside a Trainer:
+"""Progress bars (rich, the library of Lightning's own bar) for the long loops outside a Trainer:
 dataset preparation, synthetic data generation, and sampling loops of generative models.
 
 Shown on a terminal only (no carriage-return clutter in logs or CI); ``SEGFLOW_PROGRESS=1``
@@ -21,28 +21,71 @@ _SAMPLING: contextvars.ContextVar[int | None] = contextvars.ContextVar("segflow_
                                                                        default=None)
 
 
-def _disable() -> bool | None:
-    """tqdm's ``disable``: None (= off unless stderr is a terminal), or forced by the env."""
+def _forced() -> bool | None:
+    """None (= on only when stderr is a terminal), or forced on/off by ``SEGFLOW_PROGRESS``."""
     forced = os.environ.get("SEGFLOW_PROGRESS")
-    if forced is None or forced == "":
+    if forced is None or forced.strip() == "":
         return None
-    return forced.strip().lower() in ("0", "false", "no", "off")
+    return forced.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _progress(unit: str, leave: bool) -> Any:
+    """A rich ``Progress`` on stderr (the library of Lightning's own bar), shown as the
+    module docstring says."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    forced = _forced()
+    console = Console(stderr=True, force_terminal=forced or None)
+    disable = forced is False or (forced is None and not console.is_terminal)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=not leave, disable=disable)
 
 
 def bar(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it",
         leave: bool = True) -> Iterator[T]:
-    """``iterable`` with a progress bar (see the module docstring for when it shows)."""
-    from tqdm.auto import tqdm
+    """``iterable`` with a progress bar (see the module docstring for when it shows);
+    ``leave=False`` erases it when done."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
 
-    return iter(tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave,
-                     disable=_disable(), dynamic_ncols=True))
+    def steps() -> Iterator[T]:
+        with _progress(unit, leave) as progress:
+            task = progress.add_task(desc, total=total)
+            for item in iterable:
+                yield item
+                progress.advance(task)
+
+    return steps()
 
 
-def counter(total: int, desc: str, unit: str = "it") -> Any:
+class counter:  # noqa: N801 - used like a function: ``with counter(n, "x") as c``
     """A bar to advance by hand (``with counter(n, "x") as c: ... c.update(1)``)."""
-    from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=_disable(), dynamic_ncols=True)
+    def __init__(self, total: int, desc: str, unit: str = "it"):
+        self._progress = _progress(unit, leave=True)
+        self._progress.start()
+        self._task = self._progress.add_task(desc, total=total)
+
+    def update(self, n: int = 1) -> None:
+        self._progress.advance(self._task, n)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+    def __enter__(self) -> counter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @contextmanager

@@ -8,10 +8,13 @@ A *run* is a folder with ``.hydra/config.yaml`` and ``metrics.json`` (what
   whose values differ between the runs, and the test metrics of the best checkpoint;
 * ``evals.csv`` / ``evals.md`` — a row per ``segflow.eval`` result found in the runs
   (``<run>/eval/<tag>/metrics.json``): sampling settings and metrics;
-* ``metrics.png`` (bars per run) and, when evaluations vary the sampling cost,
-  ``dice_vs_nfe.png``.
+* ``metrics.png`` (bars per run, short labels) and, when evaluations vary the sampling
+  cost, ``dice_vs_nfe.png``;
+* ``curves.png`` (training curves), ``panel_<image>.png`` (each run's prediction, error
+  map and uncertainty on a few test images) and ``report.html``, one page holding the
+  tables and figures (:mod:`segflow.report_html`; ``--no-pictures`` skips them).
 
-Torch-free: reading JSON/CSV/YAML and plotting only, so it runs in a second.
+The tables and metric plots read JSON/CSV/YAML only; the panels load each run's model.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from typing import Any
 import yaml
 
 from segflow.atomic import write_text
-from segflow.runs.folders import claim_dir, find_runs, output_root
+from segflow.report_html import short_labels, write_report_page
+from segflow.runs.failed import is_failed
+from segflow.runs.folders import claim_dir, find_runs, output_root, writable_error
+from segflow.runs.result_shapes import result_problem
 from segflow.runs.results import (
     TABLE_METRICS,
     line_groups,
@@ -72,7 +78,7 @@ def collect(runs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                  and k not in ("model", "data")]
     run_rows, eval_rows, settings_keys = [], [], {}
     for run in runs:
-        summary = read_json(run / "metrics.json")
+        summary = read_json(run / "metrics.json", "run")
         if summary is None:
             continue
         label = _label(run, root)
@@ -84,18 +90,19 @@ def collect(runs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         row["run_dir"] = str(run)
         run_rows.append(row)
         for result in sorted((run / "eval").glob("*/metrics.json")):
-            ev = read_json(result)
-            if ev is None:
+            ev = read_json(result, "eval")
+            if ev is None or is_failed(result.parent):
                 continue
             settings = ev.get("settings") or {}
             settings_keys.update(dict.fromkeys(settings))
             eval_rows.append({"run": label, "model": ev.get("model"), "data": ev.get("data"),
                               "split": ev.get("split"), "eval": result.parent.name,
-                              **ev.get("metrics", {}), **settings})
+                              **ev.get("metrics", {}), **settings,
+                              "device": (ev.get("timing") or {}).get("device")})
     return run_rows, eval_rows, differing, list(settings_keys)
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path, kind: str = "run") -> dict[str, Any] | None:
     """A result file, or None (with a warning naming it) when it is damaged: one bad file
     must not stop the report of all the others."""
     try:
@@ -107,6 +114,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         print(f"warning: skipped {path}: not a segflow result (a JSON object)", file=sys.stderr)
         return None
+    problem = result_problem(data, kind)
+    if problem is not None:
+        print(f"warning: skipped {path}: {problem}; re-run that {kind} or delete the file",
+              file=sys.stderr, flush=True)
+        return None
     return data
 
 
@@ -114,20 +126,28 @@ def _numeric(rows: list[dict[str, Any]], key: str) -> bool:
     return any(isinstance(r.get(key), (int, float)) and r.get(key) is not None for r in rows)
 
 
-def write_report(paths: list[str | Path], out: Path | None = None) -> Path:
-    """Build the tables and plots for the runs at or under ``paths``; returns the folder."""
+def write_report(paths: list[str | Path], out: Path | None = None, pictures: bool = True,
+                 names: list[str] | None = None, device: str = "cpu") -> Path:
+    """Build the tables and plots for the runs at or under ``paths``; returns the folder.
+
+    ``pictures``: also training curves, qualitative panels (of the test images ``names``,
+    default the best / median / worst) and ``report.html`` (see :mod:`segflow.report_html`).
+    """
     runs = find_runs(paths)
+    run_rows, eval_rows, differing, settings = collect(runs)
+    if not run_rows:  # checked before any folder is made: a failed report leaves none
+        raise FileNotFoundError(f"none of the {len(runs)} runs under {', '.join(map(str, paths))} "
+                                f"has a readable metrics.json (see the warnings above)")
     if out is None:
         if len(paths) == 1:
             out = Path(paths[0]) / "report"
         else:
             out = output_root() / "reports" / time.strftime("%Y-%m-%d_%H-%M-%S")
         out = claim_dir(out)  # a new folder: an earlier report is never replaced
-    out.mkdir(parents=True, exist_ok=True)
-    run_rows, eval_rows, differing, settings = collect(runs)
-    if not run_rows:
-        raise FileNotFoundError(f"none of the {len(runs)} runs under {', '.join(map(str, paths))} "
-                                f"has a readable metrics.json (see the warnings above)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise writable_error(out, exc) from None
     ident = ["run", "model", "data", *differing]
     shown = [k for k in SHOWN if _numeric(run_rows, k)]
     metric_cols = [k for k in TABLE_METRICS if _numeric(run_rows, k)]
@@ -137,21 +157,32 @@ def write_report(paths: list[str | Path], out: Path | None = None) -> Path:
     write_text(out / "report.md",
         f"# segflow report: {len(run_rows)} runs\n\nTest metrics of each run's best checkpoint "
         f"(`metrics.json`); full columns in `report.csv`.\n\n{table}")
-    plot_bars(out / "metrics.png", [r["run"] for r in run_rows],
+    labels = short_labels(runs, {run: _overrides(run) for run in runs})
+    plot_bars(out / "metrics.png", [labels.get(Path(r["run_dir"]), r["run"]) for r in run_rows],
               {k: [float(r.get(k) or 0.0) for r in run_rows]
                for k in ("dice", "cldice", "auc") if k in shown},
               title="test metrics per run")
     print(f"\n{table}", flush=True)
     if eval_rows:
         cols = ["run", "model", "data", "split", "eval", *settings,
-                *[k for k in TABLE_METRICS if _numeric(eval_rows, k)]]
+                *[k for k in TABLE_METRICS if _numeric(eval_rows, k)],
+                *(["device"] if any(r.get("device") for r in eval_rows) else [])]
         write_csv(out / "evals.csv", eval_rows,
                   cols + list(dict.fromkeys(k for r in eval_rows for k in r if k not in cols)))
         write_text(out / "evals.md", f"# segflow evaluations\n\n{markdown_table(eval_rows, cols)}")
         if len({r.get("nfe_per_image") for r in eval_rows}) > 1:
-            plot_lines(out / "dice_vs_nfe.png", eval_rows, "nfe_per_image",
+            short = {r["run"]: labels.get(Path(r["run_dir"]), r["run"]) for r in run_rows}
+            plot_lines(out / "dice_vs_nfe.png",  # legend: the short labels
+                       [{**r, "run": short.get(r["run"], r["run"])} for r in eval_rows],
+                       "nfe_per_image",
                        ["dice", "cldice", "seconds_per_image"],
                        group_by=["run", *line_groups(eval_rows, settings)], log_x=True,
                        title="quality vs sampling cost across runs")
+    if pictures:  # curves, qualitative panels and report.html (segflow.report_html)
+        write_report_page(out, [Path(r["run_dir"]) for r in run_rows], labels, [
+            ("runs", run_rows, ident + shown + ["best_val_dice"]),
+            *([("evaluations", eval_rows, cols)] if eval_rows else [])],
+            [("test metrics per run", out / "metrics.png"),
+             ("quality vs sampling cost", out / "dice_vs_nfe.png")], names, device)
     print(f"report of {len(run_rows)} runs written to {out}", flush=True)
     return out

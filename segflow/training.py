@@ -34,7 +34,9 @@ from segflow.distributed import (
     is_ddp_child,
     job_overrides,
 )
+from segflow.distributed_faults import strategy_with_timeout
 from segflow.errors import ConfigError, OutOfMemoryAdvice, SegflowError
+from segflow.preemption import slurm_plugins
 from segflow.runs.auto_resume import fingerprint, resolve_resume
 from segflow.runs.logs import build_many, route_lightning_logs_to_file
 from segflow.validate import validate_train
@@ -72,6 +74,11 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
         raise ConfigError(f"trainer=fsdp needs CUDA GPUs: Lightning runs FSDP on CUDA only "
                           f"(got trainer.accelerator={accelerator}); on CPU use trainer=ddp "
                           f"trainer.accelerator=cpu")
+    strategy_obj = strategy_with_timeout(t, cfg.get("ddp_timeout_s"))  # collectives end
+    if strategy_obj is not None and "strategy" not in kwargs:
+        kwargs["strategy"] = strategy_obj
+    if requeue := slurm_plugins(cfg):  # SLURM pre-emption: checkpoint and requeue
+        kwargs["plugins"] = [*(kwargs.get("plugins") or []), *requeue]
     if not any(hasattr(p, "save_checkpoint") for p in (t.get("plugins") or [])):
         kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
     try:
@@ -198,7 +205,7 @@ def fit_summary(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path, fp: str,
         # ddp_spawn trained in other processes: this trainer's loops never advanced.
         saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
         epochs, step = saved["epoch"] + 1, saved["global_step"]
-    return {
+    summary = {
         "experiment": cfg.experiment_name, "fingerprint": fp, "resumed_from": ckpt_path,
         "model": cfg.model.name, "data": cfg.data.name,
         "run_dir": str(run_dir), "epochs": epochs, "global_step": step,
@@ -206,6 +213,10 @@ def fit_summary(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path, fp: str,
         "best_checkpoint": best or None,
         "best_val_dice": float(ckpt_cb.best_model_score) if getattr(ckpt_cb, "best_model_score", None) is not None else None,
     }
+    for cb in trainer.callbacks:  # time to accuracy, data-loader wait (segflow.callbacks.timing)
+        if callable(getattr(cb, "run_summary", None)):
+            summary.update(cb.run_summary())
+    return summary
 
 
 def run_test(cfg: DictConfig, trainer: pl.Trainer, module: Any, datamodule: Any,
@@ -221,7 +232,7 @@ def run_test(cfg: DictConfig, trainer: pl.Trainer, module: Any, datamodule: Any,
     # ddp_spawn tests in other processes: take the logged values it hands back.
     test = module.test_results or {
         k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
-    return {"test_checkpoint": test_ckpt, "test": test}
+    return {"test_checkpoint": test_ckpt, "test": test, "test_timing": module.timing}
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:

@@ -79,6 +79,10 @@ TRAIN_RULES: list[tuple[str, Check, str]] = [
     ("model.learning_rate", num_range(0, lo_open=True), "a number > 0"),
     ("model.threshold", num_range(0, 1), "a probability in [0, 1]"),
     ("model.ema_decay", num_range(0, 1, null=True), "a number in [0, 1) or null (no EMA)"),
+    ("model.compile", lambda v: isinstance(v, (bool, dict)),
+     "true, false or a dict of torch.compile options, e.g. {mode: max-autotune}"),
+    ("model.channels_last", one_of(True, False), "true or false"),
+    ("model.fused_optimizer", one_of(True, False), "true or false"),
     ("test_after_fit", one_of(True, False), "true or false"),
 ]
 
@@ -115,9 +119,18 @@ def check(cfg: DictConfig, rules: list[tuple[str, Check, str]]) -> None:
 
 def validate_train(cfg: DictConfig) -> None:
     check(cfg, TRAIN_RULES)
+    if cfg.get("model") is not None:  # a value of the wrong type in an experiment file
+        from segflow.config_files import check_target_types
+
+        check_target_types(cfg.model, "model")
     if cfg.get("trainer") is not None and _get(cfg, "trainer.max_epochs") == (True, 0):
         raise ConfigError("trainer.max_epochs=0 trains nothing: use a whole number >= 1")
 
 
 def validate_eval(cfg: DictConfig) -> None:
     check(cfg, EVAL_RULES)
+    present, name = _get(cfg, "data.name")
+    if present and name is not None:  # it becomes part of a folder name
+        from segflow.runs.folders import check_name
+
+        check_name("data.name", name)

@@ -41,6 +41,15 @@ def require_shared_data() -> Path:
     return p
 
 
+@pytest.fixture(autouse=True)
+def _roots_in_tmp(tmp_path_factory, monkeypatch) -> None:
+    """Every test writes runs and generated data under a temporary folder, never into the
+    repository's ``outputs/`` or ``data/`` (tests may still set their own)."""
+    root = tmp_path_factory.mktemp("roots")
+    monkeypatch.setenv("SEGFLOW_OUTPUT_DIR", str(root / "outputs"))
+    monkeypatch.setenv("SEGFLOW_DATA_DIR", str(root / "data"))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """See :func:`require_shared_data`."""

@@ -53,14 +53,16 @@ class GradNoise(Callback):
 class SignalAt(Callback):
     """Sends ``signum`` to this process (a real ``kill``) when ``global_step`` reaches
     ``step`` (after that step), or at the start of ``epoch`` when given — from rank 0, or
-    from every rank with ``all_ranks`` (as ``scancel`` or Ctrl+C in a terminal do)."""
+    from every rank with ``all_ranks`` (as ``scancel`` or Ctrl+C in a terminal do), or from
+    rank ``rank`` only (a rank that dies alone)."""
 
     def __init__(self, signum: int, step: int | None = None, epoch: int | None = None,
-                 all_ranks: bool = False) -> None:
+                 all_ranks: bool = False, rank: int = 0) -> None:
         self.signum, self.step, self.epoch, self.all_ranks = signum, step, epoch, all_ranks
+        self.rank = rank
 
     def _fire(self, trainer: pl.Trainer) -> None:
-        if self.all_ranks or trainer.global_rank == 0:
+        if self.all_ranks or trainer.global_rank == self.rank:
             os.kill(os.getpid(), self.signum)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

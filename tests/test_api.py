@@ -108,3 +108,74 @@ def test_load_run_of_a_generative_model_gives_uncertainty(tiny_runs):
     again = run.predict(image, n_samples=3)  # seeded: reproducible
     assert np.array_equal(out.probabilities, again.probabilities)
     assert run.sampling_settings == before  # the call's settings do not stick
+
+
+def test_predict_takes_stacks_lists_and_folders_batched(tiny_runs, tmp_path):
+    import cv2
+
+    run = segflow.load_run(tiny_runs.get("unet"))
+    rng = np.random.default_rng(2)
+    stack = (rng.random((3, 24, 40)) * 255).astype(np.uint8)
+    one = [run.predict(img) for img in stack]  # one image per call
+    for batch_size in (1, 2, 8):
+        many = run.predict(stack, batch_size=batch_size)
+        assert isinstance(many, list) and [m.name for m in many] == ["#0", "#1", "#2"]
+        for a, b in zip(many, one, strict=True):
+            np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+    rgb = run.predict(np.repeat(stack[..., None], 3, axis=3))  # (N, H, W, 3)
+    np.testing.assert_allclose(rgb[1].probabilities, one[1].probabilities, atol=1e-5)
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    # Two sizes: batched by size, returned in input order.
+    for i, img in enumerate([stack[0], cv2.resize(stack[1], (32, 32)), stack[2]]):
+        cv2.imwrite(str(folder / f"im{i}.png"), img)
+    sizes = [(24, 40), (32, 32), (24, 40)]
+    (folder / "notes.txt").write_text("not an image")
+    from_folder = run.predict(folder, batch_size=4)
+    assert [o.name for o in from_folder] == ["im0.png", "im1.png", "im2.png"]
+    assert [o.probabilities.shape for o in from_folder] == sizes
+    paths = [folder / "im2.png", str(folder / "im0.png")]
+    from_list = run.predict(paths)
+    assert [o.name for o in from_list] == ["im2.png", "im0.png"]
+    np.testing.assert_allclose(from_list[1].probabilities, from_folder[0].probabilities,
+                               atol=1e-5)
+    np.testing.assert_allclose(from_folder[0].probabilities, one[0].probabilities, atol=1e-5)
+    single = run.predict(folder / "im1.png")
+    assert not isinstance(single, list) and single.name == "im1.png"
+    mixed = run.predict([stack[0], folder / "im1.png"])
+    np.testing.assert_allclose(mixed[0].probabilities, one[0].probabilities, atol=1e-5)
+
+
+def test_predict_of_a_generative_model_batches_with_uncertainty(tiny_runs):
+    run = segflow.load_run(tiny_runs.get("toy_flow"))
+    stack = np.random.default_rng(3).random((2, 16, 24)).astype(np.float32)
+    outs = run.predict(stack, n_samples=3)
+    assert [o.samples.shape for o in outs] == [(3, 16, 24)] * 2
+    assert all(o.uncertainty.shape == (16, 24) for o in outs)
+    first = run.predict(stack[0], n_samples=3)  # the first of a batch: the same noise
+    np.testing.assert_allclose(outs[0].probabilities, first.probabilities, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((0, 0)), "has no pixels"),
+    (np.zeros((2, 3, 4, 5, 6)), "neither an (H, W[, C]) image nor an (N, H, W[, C]) stack"),
+    (np.array(["a.png", "b.png"]), "not pixels"),
+    (["missing_a.png", "missing_b.png"], "item 0 of the list, missing_a.png, is not an image file"),
+    ([], "empty list"),
+    ([np.zeros((4, 4)), 3], "item 1 of the list is a int"),
+    (42, "Run.predict got a int; it takes an (H, W[, C]) image array"),
+    ("no_such_file.png", "no_such_file.png does not exist"),
+])
+def test_predict_refuses_other_inputs_with_one_sentence(tiny_runs, bad, message):
+    from segflow.errors import DataError
+
+    run = segflow.load_run(tiny_runs.get("unet"))
+    with pytest.raises(DataError) as err:
+        run.predict(bad)
+    assert message in str(err.value) and "got shape (2,)" not in str(err.value)
+
+
+def test_load_run_is_listed_by_dir_and_all():
+    assert "load_run" in segflow.__all__ and "load_run" in dir(segflow)
+    assert callable(segflow.load_run)

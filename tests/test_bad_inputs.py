@@ -4,7 +4,7 @@ phrase, and leaves what the user had in place (nothing lost, nothing overwritten
 Each case is ``(id, action, expected exit code, phrase in the message, paths that must
 still exist afterwards)``; actions run in-process through the entry points' own error
 handling (:func:`segflow.errors.exit_on_user_error`, the Hydra resolvers that choose
-folders, ``segflow.prepare.main``, ``segflow.report.main``), so the whole table takes
+folders, ``segflow.prepare.main``, ``segflow.cli.report.main``), so the whole table takes
 seconds; one test launches two real trainings in the same second.
 """
 
@@ -511,3 +511,226 @@ def test_predict_bad_device_is_one_sentence(capsys, caplog, tmp_path):
     case = Case("predict device=gpu0", lambda w: pick_device("gpu0"), 2,
                 "device=gpu0 is not a device; use auto, cpu, cuda or cuda:<index>")
     check_case(case, tmp_path, capsys, caplog)
+
+
+# -- 11. failed commands leave nothing behind, refused folders stay as they were ---------
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with its bytes (files) or "dir": the folder tree to compare."""
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): ("dir" if p.is_dir() else
+                                             hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*"))}
+
+
+def check_unchanged(case: Case, work: Path, capsys, caplog, under: str = "") -> None:
+    """``check_case`` plus: the tree under ``work/under`` is the same before and after."""
+    root = work / under
+    before = _tree(root) if root.exists() else None
+    check_case(case, work, capsys, caplog)
+    after = _tree(root) if root.exists() else None
+    assert after == before, f"{case.id}: the folder changed: {set((after or {}).items()) ^ set((before or {}).items())}"
+
+
+def test_failed_training_leaves_no_run_folder(workdir):
+    from conftest import run_entry
+
+    # A value only the run itself finds wrong (a type inside the model config), one in the
+    # trainer validation, and a dataset with no images: no run folder is left behind.
+    empty = workdir / "empty"
+    for split in ("train", "val", "test"):
+        (empty / split / "image").mkdir(parents=True)
+        (empty / split / "label").mkdir(parents=True)
+    for args, phrase in (
+            (["model.net.base_channels=sixteen"], "model.net.base_channels='sixteen' is not valid"),
+            (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
+            (["data=folder", f"data.root={empty}"], "no images")):
+        tiny = [t for t in TINY if not (args[0].startswith("data=") and t.startswith("data.synthetic"))]
+        proc = run_entry("segflow.train", [*tiny, "trainer=debug", *args], workdir)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 2 and phrase in out and "Traceback" not in out, out[-2000:]
+        assert run_dirs(workdir) == [], args
+        assert [p for p in (workdir / "outputs").rglob("*") if p.is_file()] == [], args
+
+
+def test_report_skips_failed_runs_and_wrong_shapes(tiny_runs, tmp_path, capsys, caplog):
+    from segflow.cli.report import main
+    from segflow.runs.failed import mark_failed
+
+    good = _copy_run(tiny_runs.get("unet"), tmp_path / "runs" / "good")
+    failed = _copy_run(tiny_runs.get("unet"), tmp_path / "runs" / "failed")
+    mark_failed(failed, "another DDP rank died or stopped answering")
+    shape = _copy_run(tiny_runs.get("unet"), tmp_path / "shape" / "wrong")
+    (shape / "metrics.json").write_text('{"test": [0.5]}')
+    cases = [
+        Case("report skips a run marked FAILED", lambda w: main([str(w / "runs")]), 0,
+             f"skipped {failed}: the run is marked FAILED (another DDP rank died",
+             keep=["runs/report/report.md"]),
+        Case("report of a wrong-shaped metrics.json", lambda w: main([str(w / "shape")]), 2,
+             f'skipped {shape / "metrics.json"}: "test" is list [0.5], not an object of metric '
+             f"names to numbers", absent=["shape/report"]),
+    ]
+    for case in cases:
+        check_case(case, tmp_path, capsys, caplog)
+    text = (tmp_path / "runs" / "report" / "report.md").read_text()
+    assert "good" in text and "failed" not in text
+    assert good.is_dir()
+
+
+def test_predict_refusal_changes_nothing_in_the_used_folder(tiny_runs, tmp_path, capsys, caplog):
+    from conftest import run_entry
+
+    run = _copy_run(tiny_runs.get("unet"), tmp_path / "run")
+    _write_images(tmp_path / "site", 2, size=40)
+    out = tmp_path / "out"
+    args = [f"run_dir={run}", f"input_dir={tmp_path / 'site' / 'image'}", f"output_dir={out}",
+            "device=cpu"]
+    first = run_entry("segflow.predict", args, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = _tree(out)
+    assert ".hydra/overrides.yaml" in before and "000_mask.png" in before
+    again = run_entry("segflow.predict", [*args, "model.threshold=0.3"], tmp_path)
+    assert again.returncode == 2 and "already holds" in again.stderr, again.stderr[-2000:]
+    assert "Traceback" not in again.stdout + again.stderr
+    assert _tree(out) == before  # .hydra/overrides.yaml still describes the masks beside it
+
+
+def _predict_guarded(work: Path, run: Path, inp: str):
+    """As segflow.predict's entry point: a failure removes the folder it had claimed."""
+    from segflow.prediction import output_folder, predict_folder
+    from segflow.runs.failed import failed_run_guard
+
+    cfg = _compose("predict", [f"run_dir={run}", f"input_dir={work / inp}", "device=cpu"])
+    out = output_folder(None, cfg.run_dir, cfg.input_dir)
+    with failed_run_guard(out, prune_up_to=run):
+        return predict_folder(cfg, out) and 0
+
+
+def test_nan_pixels_and_nan_outputs_are_named(tiny_runs, tmp_path, capsys, caplog):
+    from segflow.data.io import read_image
+    from segflow.runs.failed import failed_claims
+
+    nan_dir = tmp_path / "nan" / "image"
+    nan_dir.mkdir(parents=True)
+    img = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    img[5:15, 5:15] = np.nan
+    assert cv2.imwrite(str(nan_dir / "a.tif"), img)
+    inf = img.copy()
+    inf[:] = np.inf
+    assert cv2.imwrite(str(nan_dir / "b.tif"), inf)
+    run = _copy_run(tiny_runs.get("unet"), tmp_path / "run")
+    broken = _copy_run(tiny_runs.get("unet"), tmp_path / "broken")
+    ckpt = torch.load(broken / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    for value in ckpt["state_dict"].values():
+        if value.is_floating_point():
+            value.fill_(float("nan"))  # weights that diverged
+    torch.save(ckpt, broken / "checkpoints" / "best.ckpt")
+
+    def eval_broken(w: Path):
+        with failed_claims("eval"):  # as segflow.eval's entry point
+            evaluate(_compose("eval", [f"run_dir={broken}", "trainer=cpu", f"output_dir={w / 'ev'}"]))
+
+    cases = [
+        Case("read a float TIFF with a NaN patch", lambda w: read_image(nan_dir / "a.tif"), 2,
+             f"{nan_dir / 'a.tif'} has 100 NaN pixel values of 1600; segflow does not guess them"),
+        Case("predict a folder of NaN / Inf images", lambda w: _predict_guarded(w, run, "nan/image"), 2,
+             "b.tif has 1600 Inf pixel values of 1600"),
+        Case("eval a model whose output is NaN", eval_broken, 2,
+             "the network output for 0008.png is not finite (4096 NaN values of 4096): stopped",
+             absent=["ev/test/metrics.json", "ev/test"]),
+    ]
+    for case in cases:
+        check_unchanged(case, tmp_path, capsys, caplog, under="run")
+
+
+def test_one_sentence_each(tiny_runs, tmp_path, capsys, caplog, monkeypatch):
+    from segflow.config_files import check_config_dirs
+
+    run = _copy_run(tiny_runs.get("unet"), tmp_path / "run")
+    _write_images(tmp_path / "site", 1, size=40)
+    exp = tmp_path / "conf" / "experiment"
+    exp.mkdir(parents=True)
+    (exp / "mine.yaml").write_text("# @package _global_\nmodel:\n  net:\n   base_channels: [16\n")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p).startswith(
+        str(tmp_path / "ro")) else real_access(p, mode, **k))
+    (tmp_path / "ro").mkdir()
+
+    def predict_dir(w: Path, *extra: str):
+        cfg = _compose("predict", [f"run_dir={run}", f"input_dir={w / 'site' / 'image'}", *extra],
+                       hydra=True)
+        return str(OmegaConf.select(cfg, "hydra.run.dir")) and 0
+
+    def eval_name(w: Path):
+        return evaluate(_compose("eval", open_key_overrides([
+            f"run_dir={run}", "trainer=cpu", "data.name=../../evil", f"output_dir={w / 'ev'}"])))
+
+    cases = [
+        Case("predict into a read-only output_dir", lambda w: predict_dir(
+            w, f"output_dir={w / 'ro'}"), 2, f"cannot create the output folder {tmp_path / 'ro'}: "
+            f"permission denied"),
+        Case("YAML syntax error in a --config-dir experiment", lambda w: check_config_dirs(
+            ["--config-dir", str(w / "conf"), "experiment=mine"]), 2,
+            f"{exp / 'mine.yaml'} line 5, column 1: the YAML cannot be read"),
+        Case("experiment value of the wrong type", _train_cfg("model.net.base_channels=sixteen"), 2,
+             "model.net.base_channels='sixteen' is not valid: model.net.base_channels must be a "
+             "whole number"),
+        Case("eval data.name=../../evil", eval_name, 2,
+             "data.name='../../evil' cannot be a folder name", absent=["ev"]),
+    ]
+    for case in cases:
+        check_unchanged(case, tmp_path, capsys, caplog, under="run")
+    assert not list(tmp_path.rglob("*evil*"))
+
+
+def test_every_preset_passes_the_type_check():
+    from segflow.config_files import check_target_types
+
+    for kind in ("model", "experiment"):
+        for preset in sorted((CONF / kind).glob("*.yaml")):
+            cfg = _compose("train", [f"{kind}={preset.stem}"])
+            check_target_types(cfg.model, "model")
+
+
+def test_make_compare_with_empty_models_is_one_sentence():
+    import subprocess
+
+    out = subprocess.run(["make", "-s", "-n", "-C", str(ROOT), "compare", "MODELS=", "PY=python3"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "MODELS is empty: name the models to compare" in out.stderr
+
+
+def test_failed_run_guard_removes_only_a_users_failed_start(tmp_path):
+    import sys
+
+    from segflow.errors import ConfigError
+    from segflow.runs.failed import failed_reason, failed_run_guard
+
+    def start(name: str, *files: str) -> Path:
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / "train.log").write_text("log")
+        for f in files:
+            (folder / f).parent.mkdir(parents=True, exist_ok=True)
+            (folder / f).write_text("x")
+        return folder
+
+    cases = [  # (folder, error, files beside Hydra's, primary, kept with this FAILED reason)
+        ("typo", ConfigError("model.x=1 is not valid"), (), True, None),
+        ("crash", RuntimeError("boom\nmore"), (), True, "RuntimeError: boom"),
+        ("trained", ConfigError("data gone"), ("checkpoints/last.ckpt",), True, "data gone"),
+        ("background", ConfigError("bad value"), ("console.log",), True, "bad value"),
+        ("rank1", ConfigError("bad value"), (), False, "bad value"),
+    ]
+    for name, exc, files, primary, kept in cases:
+        folder = start(name, *files)
+        with pytest.raises(type(exc)), failed_run_guard(folder, primary=primary):
+            raise exc
+        assert folder.exists() == (kept is not None), name
+        if kept is not None:
+            assert failed_reason(folder) == kept, name
+    stopped = start("stopped", "checkpoints/last.ckpt")  # SIGTERM's clean stop: not a failure
+    with pytest.raises(SystemExit), failed_run_guard(stopped, primary=True):
+        sys.exit(143)
+    assert not (stopped / "FAILED").exists()

@@ -119,9 +119,34 @@ def test_bench_smallest_setting_writes_json_and_markdown(workdir):
     md = (run / "bench.md").read_text()
     for heading in ["# segflow benchmark — quick mode", "## Training throughput",
                     "## Sampling cost vs NFE", "**tiny_b / tiny_a wall-clock ratio**",
-                    "## Data loader", "| unet | 32 | 2 | 32-true | no | no | yes |"]:
+                    "## Data loader", "| unet | 32 | 2 | 32-true | no | no | no | yes |"]:
         assert heading in md, heading
     assert "## Training throughput" in proc.stdout  # the tables are printed too
+
+
+def test_bench_variants_measure_each_option_alone(workdir):
+    proc = _bench(workdir, "threads=1", "models=[unet]", "+model_overrides.all.net.base_channels=4",
+                  "train.image_size=32", "train.batch=2", "train.warmup_steps=1", "train.steps=1",
+                  "train.count_flops=false", "sampling.enabled=false", "loader.enabled=false",
+                  "train.variants=[32-true,32-true+channels_last,32-true+fused,bf16-mixed+ema]")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (run,) = list((workdir / "outputs" / "bench").iterdir())
+    rows = json.loads((run / "bench.json").read_text())["train"]
+    got = [(r["variant"], r["precision"], r["channels_last"], r["compile"], r["ema"])
+           for r in rows]
+    assert got == [("32-true", "32-true", False, False, False),
+                   ("32-true+channels_last", "32-true", True, False, False),
+                   ("32-true+fused", "32-true", False, False, False),
+                   ("bf16-mixed+ema", "bf16-mixed", False, False, True)]
+    assert all(r["error"] is None and r["step_ms"] > 0 for r in rows)
+    assert not any(r["fused_adamw"] for r in rows)  # fused kernels are CUDA only
+
+
+def test_bench_unknown_variant_option_is_one_sentence(workdir):
+    proc = _bench(workdir, "models=[unet]", "train.variants=[bf16-mixed+turbo]")
+    assert proc.returncode == 2
+    assert "train.variants: 'bf16-mixed+turbo' has unknown option(s) ['turbo']" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_bench_bad_precision_is_one_sentence(workdir):

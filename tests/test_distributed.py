@@ -4,6 +4,8 @@ event file, rank-0 logs, epoch metrics reduced over ranks; ddp_spawn; the traine
 from __future__ import annotations
 
 import json
+import signal
+import time
 
 import pytest
 import torch
@@ -78,6 +80,60 @@ def test_ddp_multirun_each_job_in_its_own_folder(train, workdir):
     rank1 = (jobs[1] / "train_rank1.log").read_text()
     assert "csnet_synthetic_xca" in rank1 and "unet_synthetic_xca" not in rank1
     assert proc.stdout.count("Launching 2 jobs locally") == 1
+
+
+def _kill_rank1(signum):
+    return ["+callbacks.kill._target_=tests.probes.SignalAt", f"+callbacks.kill.signum={int(signum)}",
+            "+callbacks.kill.step=3", "+callbacks.kill.rank=1"]
+
+
+def test_a_rank_killed_mid_epoch_ends_the_job_marks_the_run_and_resume_auto_continues(train, workdir):
+    start = time.monotonic()
+    proc, run = train(*DDP, "trainer.max_epochs=3", *_kill_rank1(signal.SIGKILL), expect_ok=False)
+    assert proc.returncode != 0 and time.monotonic() - start < 120, proc.stderr[-3000:]
+    # Marked by rank 0 (its collective failed) or by the launcher that saw rank 1 die.
+    reason = (run / "FAILED").read_text()
+    assert ("another DDP rank died or stopped answering" in reason
+            or "DDP rank 1" in reason and "SIGKILL" in reason), reason
+    assert "Traceback" not in proc.stdout + proc.stderr
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2  # the end of epoch 1, written whole before the kill
+    assert not (run / "metrics.json").exists()
+
+    _, resumed = train(*DDP, "trainer.max_epochs=3", "resume=auto")
+    summary = json.loads((resumed / "metrics.json").read_text())
+    assert summary["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
+    assert summary["global_step"] == 6 and not (resumed / "FAILED").exists()
+    assert "is marked FAILED" in (resumed / "train.log").read_text()
+
+
+def test_a_hung_rank_times_out_and_every_process_ends(train, workdir):
+    # SIGSTOP: rank 1 is alive but never answers; rank 0 fails after ddp_timeout_s and
+    # kills it (else the stopped child would hold the pipes open until run_entry's timeout).
+    start = time.monotonic()
+    proc, run = train(*DDP, "trainer.max_epochs=3", "ddp_timeout_s=30",
+                      *_kill_rank1(signal.SIGSTOP), expect_ok=False)
+    assert proc.returncode == 1 and time.monotonic() - start < 150, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "stopped answering within ddp_timeout_s" in out and "Traceback" not in out
+    assert "resume=auto continues from" in (run / "FAILED").read_text()
+
+
+def test_ddp_timeout_is_the_strategy_timeout():
+    from datetime import timedelta
+
+    from omegaconf import OmegaConf
+
+    from segflow.distributed_faults import strategy_with_timeout
+    from segflow.errors import ConfigError
+
+    for name in ("ddp", "ddp_spawn", "ddp_find_unused_parameters_true"):
+        strategy = strategy_with_timeout(OmegaConf.create({"strategy": name}), 45)
+        assert strategy._timeout == timedelta(seconds=45), name
+    assert strategy._ddp_kwargs == {"find_unused_parameters": True}
+    assert strategy_with_timeout(OmegaConf.create({"strategy": "auto"}), 45) is None
+    with pytest.raises(ConfigError, match="ddp_timeout_s='soon' is not valid"):
+        strategy_with_timeout(OmegaConf.create({"strategy": "ddp"}), "soon")
 
 
 @pytest.mark.slow  # 5 interpreter start-ups (spawned ranks for fit and for test): ~40 s CPU

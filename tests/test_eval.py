@@ -78,6 +78,22 @@ def test_quality_cost_grid_over_a_generative_models_settings(tiny_runs):
     assert "| n_samples | steps | solver | dice |" in (run / "eval" / "grid_test" / "grid.md").read_text()
 
 
+def test_a_grids_first_row_is_not_charged_for_warm_up(tiny_runs, tmp_path):
+    # The network's first call takes 1 s longer (a one-off start-up cost): an untimed
+    # warm-up pass takes it, so no row of the grid is charged for it.
+    run = tiny_runs.get("toy_flow")
+    proc = run_entry("segflow.eval", [f"run_dir={run}", "trainer=cpu", "grid.steps=[1,2]",
+                                      "model.net.first_call_delay=1.0", "save_images=false",
+                                      f"output_dir={tmp_path}"], tiny_runs.workdir, env=TOY_ENV)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _rows(tmp_path / "grid_test" / "grid.csv")
+    assert [int(r["steps"]) for r in rows] == [1, 2]
+    assert all(0 < float(r["seconds_per_image"]) < 0.25 for r in rows), rows
+    (first,) = tmp_path.glob("test_*steps-1/metrics.json")
+    timing = json.loads(first.read_text())["timing"]
+    assert timing["device"].startswith("cpu (") and timing["warmup_passes"] == 1
+
+
 def _compose(overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("eval", overrides=open_key_overrides(overrides))

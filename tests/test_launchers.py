@@ -121,3 +121,40 @@ def test_make_train_bg_detaches_and_logs_inside_the_run_folder(workdir):
     text = (run[0] / "train.log").read_text()
     assert "epoch 1/2  step 2" in text and "epoch 2/2  step 4" in text  # one line per epoch
     assert "metrics written" in (run[0] / "console.log").read_text()
+
+
+def test_sigusr1_under_slurm_saves_a_checkpoint_and_requeues(workdir):
+    import os
+    import signal
+
+    import torch
+
+    from conftest import TINY, run_entry
+
+    bin_dir, calls = workdir / "bin", workdir / "scontrol_calls.txt"
+    bin_dir.mkdir()
+    stub = bin_dir / "scontrol"
+    # SLURM's requeue: record the call, then stop the job (SIGTERM to the caller).
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nkill -TERM $PPID\n')
+    stub.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_NTASKS": "1",
+           "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "segflow", "SLURM_PROCID": "0",
+           "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1"}
+    args = [*TINY, "trainer=debug", "launcher=slurm", "trainer.accelerator=cpu",
+            "trainer.max_epochs=3", "+callbacks.usr1._target_=tests.probes.SignalAt",
+            f"+callbacks.usr1.signum={int(signal.SIGUSR1)}", "+callbacks.usr1.step=3"]
+    proc = run_entry("segflow.train", args, workdir, env=env)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert calls.read_text().split() == ["requeue", "4242"]
+    (run,) = run_dirs(workdir)
+    hpc = torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True, map_location="cpu")
+    assert hpc["global_step"] == 3 and "segflow_config" in hpc
+    assert not (run / "FAILED").exists()  # a pre-emption is not a failure
+
+    # The requeued job: the same command, SLURM_RESTART_COUNT set, no signal this time.
+    proc = run_entry("segflow.train", args[:-3], workdir, env={**env, "SLURM_RESTART_COUNT": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    resumed = [r for r in run_dirs(workdir) if r != run][0]
+    summary = json.loads((resumed / "metrics.json").read_text())
+    assert Path(summary["resumed_from"]).parent.parent == run or Path(summary["resumed_from"]).parent == run
+    assert summary["global_step"] == 6

@@ -7,12 +7,15 @@ import os
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import cv2
+import numpy as np
 import pytest
 import yaml
 
 from segflow.cli.report import main
+from segflow.report_html import error_map, short_labels
 from segflow.reporting import write_report
 from segflow.runs.folders import find_runs
 
@@ -82,3 +85,77 @@ def test_report_of_run_folders_and_errors(tiny_runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no runs"):
         find_runs([tmp_path / "empty"])
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.scripts, self.links, self.cells = [], 0, [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        self.scripts += tag == "script"
+        self.links += [v for k, v in attrs.items() if k in ("href", "src") and "//" in str(v)]
+
+    def handle_data(self, data):
+        self.cells.append(data.strip())
+
+
+def test_report_html_with_curves_and_qualitative_panels(tiny_runs, tmp_path):
+    runs = [tiny_runs.get("unet"), tiny_runs.get("toy_flow")]
+    out = write_report(runs, tmp_path / "r")
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    # Every image it shows is beside it (relative paths), and nothing comes from the network.
+    assert page.images and all((out / src).is_file() for src in page.images), page.images
+    assert page.scripts == 0 and page.links == []
+    assert "curves.png" in page.images and "metrics.png" in page.images
+    panels = sorted(p for p in page.images if p.startswith("panel_"))
+    assert len(panels) == 2  # the tiny test split: two images (best and worst)
+    assert "unet" in page.cells and "toy_flow" in page.cells  # short labels, not paths
+    assert not any(str(tiny_runs.workdir) in c for c in page.cells if c.startswith("unet"))
+    panel = cv2.imread(str(out / panels[0]))
+    assert panel is not None and panel.shape[0] > 500  # the image row and a row per run
+    # Chosen by name: only that image.
+    stem = panels[1].removeprefix("panel_").removesuffix(".png")
+    out2 = write_report(runs, tmp_path / "r2", names=[f"{stem}.png"])
+    assert sorted(p.name for p in out2.glob("panel_*.png")) == [f"panel_{stem}.png"]
+    assert write_report(runs, tmp_path / "r3", pictures=False).joinpath("report.md").is_file()
+    assert not (tmp_path / "r3" / "report.html").exists()
+
+
+def test_error_map_colours_and_short_labels(tmp_path):
+    pred = np.array([[1, 1], [0, 0]], bool)
+    truth = np.array([[1, 0], [1, 0]], bool)
+    assert error_map(pred, truth).tolist() == [[[255, 255, 255], [255, 0, 0]],
+                                               [[0, 0, 255], [0, 0, 0]]]
+    runs = []
+    for name, model in (("a", "unet"), ("b", "unet"), ("c", "flow")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(f'{{"model": "{model}"}}')
+        runs.append(tmp_path / name)
+    over = {runs[0]: {"model.learning_rate": "0.1"}, runs[1]: {"model.learning_rate": "0.2"},
+            runs[2]: {}}
+    assert list(short_labels(runs, over).values()) == [
+        "unet learning_rate=0.1", "unet learning_rate=0.2", "flow"]
+    assert list(short_labels(runs).values()) == ["unet a", "unet b", "flow"]
+
+
+def test_training_curves_from_a_csv_log(tmp_path):
+    from segflow.report_html import plot_curves, read_scalars
+
+    run = tmp_path / "run"
+    (run / "csv").mkdir(parents=True)
+    (run / "metrics.json").write_text('{"model": "unet"}')
+    (run / "csv" / "metrics.csv").write_text(
+        "epoch,step,train/loss_step,val/dice\n0,0,1.5,\n0,1,1.2,\n0,1,,0.3\n1,3,0.9,\n1,3,,0.5\n")
+    scalars = read_scalars(run)
+    assert [(s, v) for s, _, v in scalars["train/loss_step"]] == [(0, 1.5), (1, 1.2), (3, 0.9)]
+    assert [(s, v) for s, _, v in scalars["val/dice"]] == [(1, 0.3), (3, 0.5)]
+    png = plot_curves(tmp_path / "curves.png", [run], {run: "unet"})
+    assert png is not None and cv2.imread(str(png)).shape[1] > 500
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert plot_curves(tmp_path / "none.png", [empty], {empty: "x"}) is None

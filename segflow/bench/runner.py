@@ -57,6 +57,7 @@ def validate(cfg: DictConfig) -> None:
     """
     for precision in [*cfg.train.precision, cfg.sampling.precision]:
         autocast_dtype(str(precision))
+    train_settings(cfg.train)  # variants: known precisions and options
     if min(int(n) for n in cfg.sampling.n_samples) < 1:
         raise ConfigError(f"sampling.n_samples must be >= 1, got {list(cfg.sampling.n_samples)}")
     if min(int(w) for w in cfg.loader.workers) < 0:
@@ -92,21 +93,57 @@ def _build_models(cfg: DictConfig, notes: list[str]) -> dict[str, Any]:
     return modules
 
 
+#: The options a ``train.variants`` entry may add to its precision.
+VARIANT_FLAGS = ("channels_last", "compile", "fused", "ema")
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """``"bf16-mixed+channels_last+fused"`` → the options of one training row: the
+    precision, then any of ``channels_last``, ``compile``, ``fused`` (fused AdamW) and
+    ``ema``, each on only when named (so one option is measured alone).
+
+    Raises:
+        ConfigError: an unknown precision or option.
+    """
+    precision, *flags = [p.strip() for p in str(text).split("+")]
+    autocast_dtype(precision)
+    unknown = [f for f in flags if f not in VARIANT_FLAGS]
+    if unknown:
+        raise ConfigError(f"train.variants: {text!r} has unknown option(s) {unknown}; write "
+                          f"<precision>[+{'][+'.join(VARIANT_FLAGS)}], e.g. bf16-mixed+channels_last")
+    return {"precision": precision, "channels_last": "channels_last" in flags,
+            "compile": "compile" in flags, "fused_adamw": "fused" in flags, "ema": "ema" in flags,
+            "variant": str(text)}
+
+
+def train_settings(t: DictConfig) -> list[dict[str, Any]]:
+    """The rows' options: ``train.variants`` when given, else every combination of
+    ``train.precision`` x ``channels_last`` x ``compile`` x ``ema`` (``fused_adamw`` for all)."""
+    if t.get("variants"):
+        return [parse_variant(v) for v in t.variants]
+    emas = [bool(e) for e in t.get("ema", [False])]
+    return [{"precision": str(p), "channels_last": bool(c), "compile": bool(k),
+             "fused_adamw": bool(t.fused_adamw), "ema": e, "variant": ""}
+            for p, c, k, e in itertools.product(t.precision, t.channels_last, t.compile, emas)]
+
+
 def _train_rows(cfg: DictConfig, modules: dict[str, Any], device: torch.device) -> list[dict]:
     t = cfg.train
     rows = []
+    settings = train_settings(t)
     for name, module in modules.items():
-        emas = [bool(e) for e in t.get("ema", [False])]
-        for precision, channels_last, compile_, ema in itertools.product(
-                t.precision, t.channels_last, t.compile, emas):
+        for opts in settings:
+            precision, channels_last, compile_, ema = (
+                opts["precision"], opts["channels_last"], opts["compile"], opts["ema"])
             case = bench_training(
                 name, module.net, module.method, image_size=int(t.image_size), batch=int(t.batch),
                 precision=str(precision), channels_last=bool(channels_last),
                 compile=bool(compile_), warmup_steps=int(t.warmup_steps), steps=int(t.steps),
                 device=device, optimizer=module.optimizer_factory,
-                scheduler=module.scheduler_factory, fused_adamw=bool(t.fused_adamw),
+                scheduler=module.scheduler_factory, fused_adamw=opts["fused_adamw"],
                 flops=bool(t.count_flops), peak_tflops=float(cfg.peak_tflops), seed=int(cfg.seed),
-                ema_decay=float(t.get("ema_decay", 0.999)) if ema else None)
+                ema_decay=float(t.get("ema_decay", 0.999)) if ema else None,
+                variant=opts["variant"])
             log.info("train %s %s channels_last=%s compile=%s ema=%s: %s images/s%s", name,
                      precision, channels_last, compile_, ema,
                      f"{case.images_per_s:.1f}" if case.images_per_s else "—",

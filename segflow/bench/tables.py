@@ -36,11 +36,12 @@ def _note(row: dict[str, Any]) -> str:
 
 def train_md(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     mfu_head = f"MFU (vs {meta['peak_tflops']:g} TFLOP/s)" if meta.get("mfu_reported") else "MFU"
-    header = ["model", "size", "batch", "precision", "channels_last", "compile", "EMA", "params (M)",
+    header = ["model", "size", "batch", "precision", "channels_last", "compile", "fused AdamW",
+              "EMA", "params (M)",
               "images/s", "step (ms)", "peak mem (MiB)", "fwd GFLOP/image",
               "train GFLOP/image", "achieved TFLOP/s", mfu_head, "note"]
     body = [[r["model"], r["image_size"], r["batch"], r["precision"], r["channels_last"],
-             r["compile"], r.get("ema", False), r["params_m"], r["images_per_s"], r["step_ms"], r["peak_mem_mib"],
+             r["compile"], r.get("fused_adamw", False), r.get("ema", False), r["params_m"], r["images_per_s"], r["step_ms"], r["peak_mem_mib"],
              r["fwd_gflops_per_image"], r["train_gflops_per_image"], r["achieved_tflops"],
              f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else None, _note(r)]
             for r in rows]

@@ -35,6 +35,8 @@ class TrainCase(Row):
     compile: bool
     params_m: float
     ema: bool = False
+    fused_adamw: bool = False
+    variant: str = ""
     images_per_s: float | None = None
     step_ms: float | None = None
     peak_mem_mib: float | None = None
@@ -82,11 +84,12 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
                    optimizer: optim.OptimizerFactory | None = None,
                    scheduler: optim.SchedulerFactory | None = None, fused_adamw: bool = True,
                    flops: bool = True, peak_tflops: float | None = None,
-                   seed: int = 0, ema_decay: float | None = None) -> TrainCase:
+                   seed: int = 0, ema_decay: float | None = None, variant: str = "") -> TrainCase:
     """Time ``steps`` optimiser steps (loss, backward, optimiser and LR-schedule step) on
     a fixed synthetic batch, with the run's ``model.optimizer`` / ``model.scheduler``
     (built as training builds them, :mod:`segflow.optim`; None: SegModule's defaults).
-    ``fused_adamw`` asks the fused CUDA kernel of optimisers that have one.
+    ``fused_adamw`` asks the fused CUDA kernel of optimisers that have one. ``variant``
+    labels the row (``train.variants``).
 
     No data loading and no Lightning loop: this is the model's compute cost; the loader
     has its own benchmark. With ``ema_decay`` each step also updates a weight EMA
@@ -100,7 +103,8 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
     net = copy.deepcopy(net).to(device)
     case = TrainCase(name, image_size, batch, str(precision), bool(channels_last), bool(compile),
                      params_m=sum(p.numel() for p in net.parameters()) / 1e6,
-                     ema=ema_decay is not None)
+                     ema=ema_decay is not None,
+                     fused_adamw=bool(fused_adamw) and device.type == "cuda", variant=variant)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     try:

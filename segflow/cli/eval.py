@@ -20,27 +20,36 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segflow.cli.overrides import open_key_overrides
 from segflow.conf.resolvers import register_resolvers
+from segflow.config_files import check_config_dirs
 from segflow.errors import exit_on_user_error
 from segflow.evaluation import evaluate
+from segflow.runs.failed import failed_claims, failed_run_guard
+from segflow.runs.folders import eval_root
 
 log = logging.getLogger("segflow.eval")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
-    with exit_on_user_error(log):
+    logs = Path(HydraConfig.get().runtime.output_dir)  # <eval root>/logs/<time>
+    with exit_on_user_error(log), failed_run_guard(
+            logs, prune_up_to=eval_root(cfg.get("output_dir"), cfg.run_dir).parent), \
+            failed_claims("eval"):
         evaluate(cfg)
 
 
 def main() -> None:
     """Entry point (``segflow-eval``): open the ``model.*`` / ``data.*`` / ``grid.*`` keys,
     then run Hydra."""
+    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
     sys.argv[1:] = open_key_overrides(sys.argv[1:])
     register_resolvers()
     _hydra_main()

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from segflow.cli.guards import run_output_guard
 from segflow.cli.overrides import open_key_overrides
 from segflow.conf.resolvers import register_resolvers
-from segflow.errors import exit_on_user_error
+from segflow.config_files import check_config_dirs
 from segflow.prediction import predict_folder
 
 log = logging.getLogger("segflow.predict")
@@ -29,13 +28,14 @@ log = logging.getLogger("segflow.predict")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def _hydra_main(cfg: DictConfig) -> None:
-    with exit_on_user_error(log):
-        predict_folder(cfg, Path(HydraConfig.get().runtime.output_dir))
+    with run_output_guard(cfg, log) as out:
+        predict_folder(cfg, out)
 
 
 def main() -> None:
     """Entry point (``segflow-predict``): ``model.*`` overrides are merged into the run's
     config (see eval)."""
+    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
     sys.argv[1:] = open_key_overrides(sys.argv[1:])
     register_resolvers()
     _hydra_main()

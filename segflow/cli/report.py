@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from segflow.errors import SegflowError
+from segflow.errors import SegflowError, disk_error
 from segflow.reporting import write_report
 
 
@@ -24,10 +24,20 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders or folders holding runs (a multirun sweep)")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
+    parser.add_argument("--images", nargs="*", default=None,
+                        help="test images of the qualitative panel (default: best, median, worst)")
+    parser.add_argument("--device", default="cpu", help="where the panel's predictions run")
+    parser.add_argument("--no-pictures", action="store_true",
+                        help="tables and metric plots only (no model is loaded)")
     args = parser.parse_args(argv)
     try:
-        write_report(args.paths, args.out)
+        write_report(args.paths, args.out, not args.no_pictures, args.images, args.device)
     except (FileNotFoundError, SegflowError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only or full place
+        if disk_error(exc) is None:
+            raise
+        print(f"error: {disk_error(exc)}", file=sys.stderr)
         return 2
     return 0

@@ -15,9 +15,12 @@ from __future__ import annotations
 import logging
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from segflow.conf.resolvers import register_resolvers
+from segflow.config_files import check_config_dirs
+from segflow.distributed_faults import guarded_training
 from segflow.errors import exit_on_user_error
 from segflow.training import train
 
@@ -27,7 +30,9 @@ log = logging.getLogger("segflow.train")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     """One job; returns the objective for Hydra sweepers (validation Dice, else test Dice)."""
-    with exit_on_user_error(log):
+    # A failed start leaves no folder; a failed run is marked FAILED (segflow.runs.failed).
+    run_dir = HydraConfig.get().runtime.output_dir
+    with exit_on_user_error(log), guarded_training(run_dir):
         summary = train(cfg)
     score = summary.get("best_val_dice")
     if score is None:
@@ -37,5 +42,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Entry point (``segflow-train``)."""
+    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
     register_resolvers()
     _hydra_main()

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from segflow.data.finite import check_finite_image
 from segflow.data.strict import imread_strict
 from segflow.errors import ConfigError, DataError
 
@@ -39,7 +40,7 @@ def _decode(path: Path) -> np.ndarray:
             ) from None
     if arr.size == 0:
         raise DataError(f"{path} decodes to an empty image; re-export it or remove it")
-    return arr
+    return check_finite_image(arr, path)  # a float TIFF can hold NaN / Inf
 
 
 def _to_unit_float(arr: np.ndarray) -> np.ndarray:

@@ -266,11 +266,19 @@ class AttentionBlock(nn.Module):
 
     def _forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x).reshape(b, c, h * w))           # (B, 3C, N)
-        q, k, v = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
-        out = F.scaled_dot_product_attention(q, k, v)               # (B, heads, N, d)
-        out = out.transpose(-1, -2).reshape(b, c, h * w)
-        return x + self.proj(out).reshape(b, c, h, w)
+        n, d = h * w, c // self.heads
+        # Pixels as tokens (B, N, C): a view of a channels-last input, one copy otherwise.
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, n, c)
+        # The 1x1 projections as matmuls over the token rows (weights kept as Conv1d's).
+        qkv = F.linear(tokens, self.qkv.weight[..., 0], self.qkv.bias)          # (B, N, 3C)
+        # q, k, v contiguous (B, heads, N, d): the layout the fused (flash and
+        # memory-efficient) kernels of scaled_dot_product_attention take without a copy.
+        q, k, v = qkv.reshape(b, n, 3, self.heads, d).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)                             # (B, heads, N, d)
+        out = F.linear(out.transpose(1, 2).reshape(b, n, c), self.proj.weight[..., 0],
+                       self.proj.bias)                                           # (B, N, C)
+        # Back to (B, C, H, W) as a channels-last view (no copy).
+        return x + out.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.use_checkpoint and self.training and torch.is_grad_enabled():

@@ -7,6 +7,10 @@ strategy, nodes, ``max_epochs``, loader workers, logging cadence), so that the
 same command re-run after a crash, a ``kill`` or a SLURM requeue, on other GPUs or with
 more epochs, finds its own checkpoint, and a run with another learning rate never does.
 Earlier runs are fingerprinted from their ``.hydra/config.yaml``; nothing extra is written.
+The candidates are each run's ``checkpoints/last.ckpt`` and the ``hpc_ckpt_<n>.ckpt`` that
+Lightning writes on SLURM's pre-timeout signal (``launcher=slurm``). A run marked
+``FAILED`` (:mod:`segflow.runs.failed`) is a candidate only through a checkpoint written
+whole before it failed; one without a checkpoint never is.
 
 Hydra/OmegaConf only (an entry-point helper).
 """
@@ -24,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segflow.atomic import checkpoint_problem
 from segflow.errors import ConfigError
+from segflow.runs.failed import failed_reason
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +89,10 @@ def find_last_checkpoint(output_root: str | Path, experiment_name: str, fp: str)
     jobs) whose run has this ``experiment_name`` and fingerprint ``fp``; None if none."""
     root = Path(output_root)
     candidates: list[tuple[float, Path]] = []
-    for ckpt in list(root.glob("runs/*/*/checkpoints/last.ckpt")) + list(
-            root.glob("multirun/**/checkpoints/last.ckpt")):
-        run_dir = ckpt.parent.parent
+    found = [*root.glob("runs/*/*/checkpoints/last.ckpt"), *root.glob("runs/*/*/hpc_ckpt_*.ckpt"),
+             *root.glob("multirun/**/checkpoints/last.ckpt"), *root.glob("multirun/**/hpc_ckpt_*.ckpt")]
+    for ckpt in found:
+        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         cfg = _run_config(run_dir)
         if cfg is None or cfg.get("experiment_name") is None:
             continue
@@ -100,6 +106,10 @@ def find_last_checkpoint(output_root: str | Path, experiment_name: str, fp: str)
     for _, ckpt in sorted(candidates, reverse=True):  # newest intact one
         problem = checkpoint_problem(ckpt)
         if problem is None:
+            reason = failed_reason(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+            if reason is not None:
+                log.info("resume=auto: the run of %s is marked FAILED (%s); its checkpoint was "
+                         "written whole before that", ckpt, reason)
             return ckpt
         log.warning("resume=auto: skipping %s: it %s (cut short by a full disk or a kill?); "
                     "trying the next newest", ckpt, problem)

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from segflow.errors import ConfigError, SegflowError
+from segflow.runs.failed import is_failed, print_skipped
 
 #: Characters that cannot appear in a name that becomes one folder.
 _BAD_NAME = re.compile(r"[/\\\x00-\x1f]")
@@ -125,6 +126,23 @@ def is_inside(child: str | Path, parent: str | Path) -> bool:
     return c == p or p in c.parents
 
 
+def check_writable(path: str | Path) -> Path:
+    """Create ``path`` if needed and check that files can be written in it (before Hydra
+    opens a log file there).
+
+    Raises:
+        ConfigError: read-only, full or not permitted, naming the folder.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(path, exc) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise _unwritable(path, OSError(errno.EACCES, "permission denied"))
+    return path
+
+
 def writable_error(path: str | Path, exc: OSError) -> ConfigError:
     """An OSError while writing ``path`` as one sentence (read-only, full, no permission)."""
     return _unwritable(Path(path), exc)
@@ -171,12 +189,16 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist; pass run folders or a multirun folder")
         candidates = [path] if (path / ".hydra").is_dir() else [c.parent.parent for c in path.rglob(".hydra/config.yaml")]
-        runs.update(c.resolve() for c in candidates if (c / "metrics.json").is_file())
+        for c in candidates:
+            if is_failed(c):  # by rule: a run marked FAILED is not compared
+                print_skipped(c)
+            elif (c / "metrics.json").is_file():
+                runs.add(c.resolve())
     if not runs:
         raise FileNotFoundError(f"no runs (folders with .hydra/config.yaml and metrics.json) under "
                                 f"{', '.join(map(str, paths))}; train first or check the path")
     return sorted(runs)
 
 
-__all__ = ["check_name", "claim_dir", "eval_root", "find_runs", "is_inside", "output_root",
+__all__ = ["check_name", "check_writable", "claim_dir", "eval_root", "find_runs", "is_inside", "output_root",
            "run_folder", "shared_claims", "writable_error"]

@@ -9,6 +9,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from segflow import quiet
+
 
 def build_many(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a group holding named ``_target_`` configs (callbacks,
@@ -28,3 +30,4 @@ def route_lightning_logs_to_file() -> None:
             lg.removeHandler(h)
         lg.propagate = True
     logging.captureWarnings(True)
+    quiet.install()  # the known-harmless messages, each named in segflow.quiet
