@@ -2,7 +2,8 @@
 
 from segflow.methods.base import GenerativeMethod, Method, Prediction
 from segflow.methods.diffusion import Diffusion
-from segflow.methods.flow import FlowMatching
+from segflow.methods.flow import FlowMatching, PriorFlowMatching
 from segflow.methods.supervised import Supervised
 
-__all__ = ["Diffusion", "FlowMatching", "GenerativeMethod", "Method", "Prediction", "Supervised"]
+__all__ = ["Diffusion", "FlowMatching", "GenerativeMethod", "Method", "Prediction", "PriorFlowMatching",
+           "Supervised"]

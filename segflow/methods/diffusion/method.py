@@ -65,6 +65,8 @@ class Diffusion(GenerativeMethod):
         eta: DDIM stochasticity (0 = deterministic, 1 = DDPM posterior variance).
         clip_x0: clamp x0 predictions to [-1, 1] while sampling.
         n_samples: ensemble size (masks drawn per image; mean → probability, std → uncertainty).
+        temperature: scale of the starting noise x_T (eval-time setting; see
+            :class:`~segflow.methods.base.GenerativeMethod`; DDPM's step noise is not scaled).
         lower_order_final: DPM-Solver++ only: with fewer than 10 steps, take the last
             update first order (False: second order after the first step, always).
         parameterization: ``linear`` (the output is eps / x0 / v) or ``logit``
@@ -73,14 +75,14 @@ class Diffusion(GenerativeMethod):
     """
 
     sampling_keys: ClassVar[tuple[str, ...]] = ("n_samples", "sampler", "steps", "spacing", "eta",
-                                                    "clip_x0", "lower_order_final", "tta")
+                                                    "clip_x0", "lower_order_final", "temperature", "tta")
 
     def __init__(self, timesteps: int = 1000, schedule: str = "linear", prediction: str = "eps",
                  dice_weight: float = 0.0, sampler: str = "ddim", steps: int | None = 50,
                  spacing: str = "auto", eta: float = 0.0, clip_x0: bool = True, n_samples: int = 1,
                  lower_order_final: bool = True, bce_weight: float = 0.0,
-                 parameterization: str = "linear"):
-        super().__init__(n_samples=n_samples)
+                 parameterization: str = "linear", temperature: float = 1.0):
+        super().__init__(n_samples=n_samples, temperature=temperature)
         if schedule not in SCHEDULES:
             raise ValueError(f"method.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
         if prediction not in PREDICTIONS:

@@ -88,10 +88,12 @@ class FlowMatching(GenerativeMethod):
         uniform_fraction: share of uniform training times mixed into ``time_sampling``.
         parameterization: ``linear`` (the output is x̂1) or ``logit`` (x̂1 = tanh(ℓ/2)).
         recycle: fraction of each batch trained on states built from the model's own x̂1.
+        temperature: scale of the starting noise (eval-time setting; see
+            :class:`~segflow.methods.base.GenerativeMethod`).
     """
 
     sampling_keys: ClassVar[tuple[str, ...]] = ("n_samples", "solver", "steps", "atol", "rtol",
-                                                "max_nfe", "readout", "tta")
+                                                "max_nfe", "readout", "temperature", "tta")
     # Training times stay this far from the ends where the bridge noise's derivative
     # s'(t) ~ 1/√t is singular.
     BRIDGE_T_EPS: ClassVar[float] = 1e-3
@@ -104,8 +106,9 @@ class FlowMatching(GenerativeMethod):
                  solver: str = "euler", steps: int = 10, atol: float = 1e-4, rtol: float = 1e-4,
                  max_nfe: int = 1000, n_samples: int = 1, bce_weight: float = 0.0,
                  dice_weight: float = 0.0, readout: str = "state", uniform_fraction: float = 0.0,
-                 parameterization: str = "linear", recycle: float = 0.0):
-        super().__init__(n_samples=n_samples)
+                 parameterization: str = "linear", recycle: float = 0.0,
+                 temperature: float = 1.0):
+        super().__init__(n_samples=n_samples, temperature=temperature)
         self.bce_weight, self.dice_weight = float(bce_weight), float(dice_weight)
         self.readout = readout
         self.prediction, self.sigma, self.sigma_schedule = prediction, float(sigma), sigma_schedule
@@ -173,11 +176,21 @@ class FlowMatching(GenerativeMethod):
             t = t.clamp(self.BRIDGE_T_EPS, 1 - self.BRIDGE_T_EPS)
         return t
 
+    def source(self, image: Tensor, noise: Tensor) -> Tensor:
+        """The flow's starting state x0 for ``image`` from standard Gaussian ``noise`` (both
+        batch-aligned): the noise itself here; a subclass may start elsewhere (conditional
+        flow matching allows any source distribution, Tong et al.)."""
+        return noise
+
+    def source_nfe(self) -> int:
+        """Network evaluations :meth:`source` spends per sample (0: plain noise)."""
+        return 0
+
     # -- training -------------------------------------------------------------------------
     def loss(self, net: nn.Module, image: Tensor, mask: Tensor,
              valid: Tensor | None = None) -> dict[str, Tensor]:
         x1 = self.mask_to_x(mask.float())
-        x0 = torch.randn_like(x1)
+        x0 = self.source(image, torch.randn_like(x1))
         eps = torch.randn_like(x1) if self.sigma > 0 else None
         t = self.sample_time(x1.shape[0], x1.device)
         x_t = self.path(x0, x1, t, eps)
@@ -255,7 +268,8 @@ class FlowMatching(GenerativeMethod):
     def sample(self, net: nn.Module, image: Tensor, noise: Tensor,
                generator: torch.Generator | None = None, step_noise: StepNoise | None = None
                ) -> tuple[Tensor, int]:
-        """Integrate noise (t=0) → mask (t=1); returns (x (B, C, H, W), NFE): the state at
+        """Integrate the source (t=0; :meth:`source` of ``noise``) → mask (t=1); returns
+        (x (B, C, H, W), NFE, the source's evaluations included): the state at
         t = 1, or the last evaluation's x̂1 with ``readout="x1"``. The ODE solvers are
         deterministic: ``generator`` and ``step_noise`` are not used."""
         last: dict[str, Tensor] = {}
@@ -264,9 +278,10 @@ class FlowMatching(GenerativeMethod):
             v, last["x1"] = self.field(net, x, t, image)
             return v
 
-        x, nfe = solve(velocity, noise.float(), solver=self.solver, steps=int(self.steps),
+        x0 = self.source(image, noise.float()).float()
+        x, nfe = solve(velocity, x0, solver=self.solver, steps=int(self.steps),
                        atol=float(self.atol), rtol=float(self.rtol), max_nfe=int(self.max_nfe))
-        return (last["x1"] if self.readout == "x1" else x), nfe
+        return (last["x1"] if self.readout == "x1" else x), nfe + self.source_nfe()
 
     def __repr__(self) -> str:
         keys = ("prediction", "parameterization", "sigma", "sigma_schedule", "time_sampling",

@@ -1,0 +1,96 @@
+"""Flow matching that starts from a supervised run's probability map: steps that refine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from segflow.errors import ConfigError
+from segflow.methods.flow.method import FlowMatching
+
+
+class PriorFlowMatching(FlowMatching):
+    """Conditional flow matching from a supervised segmenter's answer to the mask.
+
+    Conditional flow matching allows any source distribution (Tong et al., "Improving and
+    generalizing flow-based generative models with minibatch optimal transport", TMLR
+    2024); here the source is centred on a frozen supervised network's probability map p
+    (a trained ``segflow.train`` run, e.g. CS-Net)::
+
+        x0 = (2·p − 1) + prior_noise · ε,   ε ~ N(0, I),
+
+    and the path, targets, losses and samplers are those of :class:`FlowMatching`. The
+    flow starts where the supervised net already is, so its steps only have to repair what
+    the net got wrong (gaps, spurs, missed thin vessels) instead of drawing the whole mask
+    from noise — the "refinement" reading of diffusion segmentation in Fu et al., "Importance
+    of aligning training strategy with evaluation for diffusion models in 3D multiclass
+    segmentation" (2023), with the supervised answer as the first state. ``prior_noise``
+    sets how far samples spread around it (the ensemble's uncertainty).
+
+    The prior network is loaded from ``prior_run`` (its best EMA checkpoint) when the method
+    is built, frozen, always in eval mode, and saved with this model's checkpoint
+    (``method.prior_net.*``). It must see images prepared as this run's (same data
+    preset). Its pass counts as one network evaluation per sample in the reported NFE.
+
+    Args:
+        prior_run: a supervised run folder (or its ``.ckpt``).
+        prior_noise: standard deviation of the noise around ``2·p − 1``.
+        **flow: :class:`FlowMatching`'s arguments (``prediction="x1"`` recommended).
+    """
+
+    # Prior passes per sample, counted in the NFE.
+    PRIOR_NFE: ClassVar[int] = 1
+
+    def __init__(self, prior_run: str | None = None, prior_noise: float = 0.5, **flow):
+        super().__init__(**flow)
+        self.prior_noise = float(prior_noise)
+        if self.prior_noise < 0:
+            raise ValueError(f"PriorFlowMatching prior_noise must be >= 0, got {prior_noise}")
+        self.prior_run = str(prior_run) if prior_run is not None else None
+        net, method = self._load_prior(self.prior_run)
+        self.prior_net, self.prior_method = net.requires_grad_(False).eval(), method
+
+    @staticmethod
+    def _load_prior(prior_run: str | None) -> tuple[nn.Module, nn.Module]:
+        from segflow.runs.checkpoints import load_model  # here: checkpoints import methods
+
+        fix = ("train a supervised run first (e.g. python -m segflow.train model=csnet ...) and "
+               "pass its folder: model.method.prior_run=outputs/runs/<experiment>/<time>")
+        if not prior_run:
+            raise ConfigError(f"model.method.prior_run is not set; {fix}")
+        path = Path(prior_run).expanduser()
+        if not path.exists():
+            raise ConfigError(f"model.method.prior_run={prior_run} does not exist; {fix}")
+        module, _, _ = load_model(path)
+        if getattr(module.method, "generative", False):
+            raise ConfigError(f"model.method.prior_run={prior_run} is a generative run "
+                              f"({type(module.method).__name__}); the prior must be a "
+                              f"supervised one (csnet, unet)")
+        return module.net, module.method
+
+    def train(self, mode: bool = True) -> PriorFlowMatching:
+        """Lightning's ``train()`` reaches the method: the frozen prior stays in eval mode
+        (its batch-norm statistics are part of what was trained)."""
+        super().train(mode)
+        self.prior_net.eval()
+        return self
+
+    @torch.no_grad()
+    def prior_probs(self, image: Tensor) -> Tensor:
+        """The supervised network's foreground probability for ``image`` (B, C_in, H, W)."""
+        return self.prior_method.predict(self.prior_net, image).probs.float()
+
+    def source(self, image: Tensor, noise: Tensor) -> Tensor:
+        """``(2·p − 1) + prior_noise · noise`` with p the prior's probability map."""
+        centre = 2.0 * self.prior_probs(image) - 1.0
+        return centre.to(noise.dtype) + self.prior_noise * noise
+
+    def source_nfe(self) -> int:
+        return self.PRIOR_NFE
+
+    def __repr__(self) -> str:
+        return (f"Prior{super().__repr__()[:-1]}, prior_run={self.prior_run!r}, "
+                f"prior_noise={self.prior_noise!r})")
