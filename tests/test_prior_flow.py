@@ -89,17 +89,17 @@ def test_prior_flow_starts_from_the_supervised_answer_and_counts_its_pass(monkey
     assert torch.allclose(net2.seen[0], (2 * p - 1) + 0.5 * noise, atol=1e-5)
 
 
-def test_prior_is_frozen_in_eval_mode_and_the_flow_trains_on_its_source(monkeypatch):
+def test_prior_is_frozen_runs_in_eval_mode_and_the_flow_trains_on_its_source(monkeypatch):
     flow = _prior_flow(monkeypatch, prior_noise=0.0, time_sampling="uniform")
     flow.train()  # Lightning's module.train() reaches the method
-    assert not flow.prior_net.training
     assert not any(p.requires_grad for p in flow.prior_net.parameters())
     running = flow.prior_net.bn.running_mean.clone()
     net = _Sharpen()
     image = torch.randn(2, 1, 8, 8) + 3.0  # would move a training batch norm's mean
     mask = torch.zeros_like(image)  # the prior says vessel (p ~ 1), the truth background
     flow.loss(net, image, mask)["loss"].backward()
-    assert torch.equal(flow.prior_net.bn.running_mean, running)
+    assert torch.equal(flow.prior_net.bn.running_mean, running)  # computed in eval mode
+    assert flow.prior_net.training  # and left in the mode Lightning set
     assert net.w.grad is not None
     # The trained state is on the path from x0 = 2p - 1 (no noise) to the mask.
     p = torch.sigmoid(4.0 * image)

@@ -31,7 +31,7 @@ class PriorFlowMatching(FlowMatching):
     sets how far samples spread around it (the ensemble's uncertainty).
 
     The prior network is loaded from ``prior_run`` (its best EMA checkpoint) when the method
-    is built, frozen, always in eval mode, and saved with this model's checkpoint
+    is built, frozen, run in eval mode, and saved with this model's checkpoint
     (``method.prior_net.*``). It must see images prepared as this run's (same data
     preset). Its pass counts as one network evaluation per sample in the reported NFE.
 
@@ -71,17 +71,17 @@ class PriorFlowMatching(FlowMatching):
                               f"supervised one (csnet, unet)")
         return module.net, module.method
 
-    def train(self, mode: bool = True) -> PriorFlowMatching:
-        """Lightning's ``train()`` reaches the method: the frozen prior stays in eval mode
-        (its batch-norm statistics are part of what was trained)."""
-        super().train(mode)
-        self.prior_net.eval()
-        return self
-
     @torch.no_grad()
     def prior_probs(self, image: Tensor) -> Tensor:
-        """The supervised network's foreground probability for ``image`` (B, C_in, H, W)."""
-        return self.prior_method.predict(self.prior_net, image).probs.float()
+        """The supervised network's foreground probability for ``image`` (B, C_in, H, W),
+        always computed in eval mode (its batch-norm statistics are part of what was
+        trained), whatever mode Lightning has put the modules in."""
+        was = self.prior_net.training
+        self.prior_net.eval()
+        try:
+            return self.prior_method.predict(self.prior_net, image).probs.float()
+        finally:
+            self.prior_net.train(was)
 
     def source(self, image: Tensor, noise: Tensor) -> Tensor:
         """``(2·p − 1) + prior_noise · noise`` with p the prior's probability map."""
