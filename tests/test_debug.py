@@ -48,7 +48,10 @@ class DebugRuns:
     def get(self, model: str) -> tuple[Path, str]:
         """(run folder, stdout+stderr) of `segflow.train model=<model> trainer=debug`."""
         if model not in self.runs:
-            proc = run_entry("segflow.train", [f"model={model}", "trainer=debug", *DATA],
+            # A refinement preset starts from a supervised run: the csnet run of this module.
+            prior = ([f"model.method.prior_run={self.get('csnet')[0]}"]
+                     if "prior_run" in preset_method(model) else [])
+            proc = run_entry("segflow.train", [f"model={model}", "trainer=debug", *DATA, *prior],
                              self.work, timeout=600)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
             (run,) = [r for r in run_dirs(self.work) if r.parent.name == f"{model}_synthetic_xca"]
@@ -80,8 +83,9 @@ def test_every_preset_runs_end_to_end_under_trainer_debug(debug_runs, model):
     method = preset_method(model)
     lowered = {k: v for k, v in CAPS.items() if k in method and (method[k] is None or method[k] > v)}
     log = (run / "train.log").read_text()
-    if "steps" in method:  # generative: sampled with the capped settings
-        assert test["nfe"] == min(CAPS["steps"], method["steps"] or math.inf)
+    if "steps" in method:  # generative: sampled with the capped settings (+ a prior's pass)
+        prior_pass = 1 if "prior_run" in method else 0
+        assert test["nfe"] == min(CAPS["steps"], method["steps"] or math.inf) + prior_pass
         assert test["n_samples"] == 1
     else:
         assert test["nfe"] == 1
