@@ -96,6 +96,12 @@ def test_compare_selects_on_val_tests_once_over_seeds_and_sites(workdir):
     text = page.read_text()  # the page's section holds the same tables; the rest is kept
     assert text.startswith("# Results\n\nKept by hand.") and "<!-- segflow.compare compare_synthetic_xca -->" in text
     assert "**Test set: folder@other_site**" in text and "hardware:" in text
+    # The one-sample step curve of the generative model on val, for both step counts.
+    with (out / "refinement.csv").open() as f:
+        curve = list(csv.DictReader(f))
+    assert [(r["test_set"], r["model"], r["steps"]) for r in curve] == [
+        ("val", "flow_small", "1"), ("val", "flow_small", "2")]
+    assert all(r["seeds"] == "2" for r in curve) and "Refinement: one-sample Dice" in text
 
 
 def test_update_section_replaces_only_its_own_block(tmp_path):
@@ -156,3 +162,35 @@ def test_recipe_sweep_script_reports_each_recipe_under_the_grid(workdir):
     for e in evals:
         assert 0.0 <= float(e["dice"]) <= 1.0 and float(e["nfe_per_image"]) == int(e["steps"])
         assert e["split"] == "val"
+
+
+def test_refinement_rows_follow_the_one_sample_curve_over_common_seeds():
+    from segflow.compare.protocol import Evaluation
+    from segflow.compare.table import refinement_rows
+
+    def ev(model, split, steps, n, seed, dice):
+        return Evaluation(Path("r"), model, seed, split, split, (steps, n, 1),
+                          {"dice": dice, "nfe_per_image": (steps or 1) * (n or 1)}, Path("f"))
+
+    evals = [ev("flow", "val", 1, 1, s, 0.70 + 0.01 * s) for s in (0, 1)]
+    evals += [ev("flow", "val", 2, 1, s, 0.696 + 0.01 * s) for s in (0, 1)]  # -0.004: within 0.005
+    evals += [ev("flow", "val", 4, 1, s, 0.68 + 0.01 * s) for s in (0, 1)]   # -0.016: falls
+    evals += [ev("flow", "val", 8, 1, 0, 0.99)]  # one seed only: not a point of the curve
+    evals += [ev("flow", "val", 1, 4, s, 0.95) for s in (0, 1)]  # an ensemble: not one sample
+    evals += [ev("unet", "val", None, None, s, 0.9) for s in (0, 1)]  # one-pass
+    rows = refinement_rows(evals, {"flow": True, "unet": False})
+    assert [r["steps"] for r in rows] == [1, 2, 4]
+    assert rows[0]["dice"] == pytest.approx(0.705) and rows[0]["dice_std"] == pytest.approx(0.00707, abs=1e-4)
+    assert rows[1]["change_from_fewer_steps"] == pytest.approx(-0.004)
+    assert [r["refines"] for r in rows] == [True, True, False]
+
+
+def test_side_study_evaluations_are_not_cells_of_the_comparison():
+    from segflow.compare.protocol import off_grid
+
+    method = {"steps": 2, "n_samples": 4, "solver": "euler"}
+    assert off_grid({"steps": 8, "n_samples": 1, "solver": "euler", "atol": 1e-4}, method) == []
+    assert off_grid({"steps": 1, "solver": "euler", "temperature": 1.0}, method) == []
+    assert off_grid({"steps": 1, "solver": "euler", "temperature": 0.5}, method) == ["temperature=0.5"]
+    assert off_grid({"steps": 1, "solver": "heun"}, method) == ["solver=heun"]
+    assert off_grid({"steps": 1, "temperature": 0.5}, {**method, "temperature": 0.5}) == []

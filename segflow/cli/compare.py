@@ -55,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only rebuild the table from the "
                    "evaluations that exist")
     p.add_argument("--skip-train", action="store_true", help="evaluate and table the runs that exist")
+    p.add_argument("--refinement", action="store_true", help="also evaluate the generative runs' "
+                   "one-sample Dice at every --steps on their test split (a diagnostic table "
+                   "beside the comparison; the val curve is always tabled)")
     p.add_argument("overrides", nargs="*", help="training overrides (key=value)")
     return p
 
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             also_test=args.also_test,
             name=args.name, out=args.out, into=args.into,
             train=not (args.report_only or args.skip_train),
-            evaluate=not args.report_only, overrides=args.overrides)
+            evaluate=not args.report_only, overrides=args.overrides,
+            refinement=args.refinement)
         run(comparison)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segflow.compare import protocol as P
-from segflow.compare.table import build_rows, markdown, update_section, write_report
+from segflow.compare.table import (
+    build_rows,
+    markdown,
+    refinement_markdown,
+    refinement_rows,
+    update_section,
+    write_refinement,
+    write_report,
+)
 from segflow.errors import ConfigError
 
 
@@ -31,6 +39,7 @@ class Comparison:
     evaluate: bool = True
     overrides: list[str] = field(default_factory=list)
     n_boot: int = 4000
+    refinement: bool = False  # also the one-sample step curve on the own test split
 
     @property
     def sweep(self) -> str:
@@ -42,8 +51,9 @@ def _command(c: Comparison) -> str:
     parts += [f"--models {c.models}"] if c.models else []
     parts += [f"--seeds {c.seeds}"] if c.seeds else []
     parts += [f"--nfe {','.join(f'{b:g}' for b in c.nfe)}"]
-    parts += [f"--also-test {a}" for a in c.also_test] + c.overrides
-    return " ".join(parts)
+    parts += [f"--also-test {a}" for a in c.also_test]
+    parts += ["--refinement"] if c.refinement else []
+    return " ".join(parts + c.overrides)
 
 
 def hardware() -> str:
@@ -114,19 +124,34 @@ def run(c: Comparison) -> Path:
                 missing = [cell for cell in cells if not P.has_evaluation(have, label, cell)]
                 for grid in P.as_grids(missing):  # exact products: no setting val did not choose
                     P.evaluate(run, "test", grid, passed, data_args)
-    tests = [ev for run in runs.values() for ev in P.read_evaluations(run, test_sets[run])
-             if ev.test_set != "val"]
     generative = {model: P.is_generative(P.run_config(run)) for (model, _), run in runs.items()}
+    # Stage 3b (--refinement): the one-sample step curve on the own test split, a diagnostic
+    # of the generative models beside the table (not used to choose anything).
+    if c.evaluate and c.refinement:
+        for (model, _), run in runs.items():
+            if not generative[model]:
+                continue
+            have = P.read_evaluations(run, test_sets[run])
+            own = next(iter(P.test_sets_of(run, []).values()))
+            missing = [{"steps": s, "n_samples": 1} for s in c.steps
+                       if not P.has_evaluation(have, own, {"steps": s, "n_samples": 1})]
+            for grid in P.as_grids(missing):
+                P.evaluate(run, "test", grid, passed)
+    evals = [ev for run in runs.values() for ev in P.read_evaluations(run, test_sets[run])]
+    tests = [ev for ev in evals if ev.test_set != "val"]
     rows = build_rows(choices, tests, generative, c.n_boot)
+    curve = refinement_rows(evals, generative)
     out = c.out or P.output_root() / "compare" / c.sweep / time.strftime("%Y-%m-%d_%H-%M-%S")
     header = (f"# segflow comparison: {c.sweep}\n\nCommit `{_commit()}`; hardware: {hardware()}. "
               f"Command:\n\n"
               f"```bash\n{_command(c)}\n```\n\nSettings chosen on the val split (best mean val "
               f"Dice over seeds within each NFE budget), then tested once. Runs:\n\n"
               + "".join(f"- {m} seed {s}: `{r}`\n" for (m, s), r in runs.items()))
-    write_report(out, rows, header)
+    tables = markdown(rows) + (f"\n{refinement_markdown(curve)}" if curve else "")
+    write_report(out, rows, header, tables)
+    write_refinement(out, curve)
     if c.into is not None:
         update_section(c.into, c.sweep, f"{header.replace('# segflow comparison', '### Comparison', 1)}"
-                       f"\n{markdown(rows)}")
-    print(f"\n{markdown(rows)}\ncomparison of {len(runs)} runs written to {out}", flush=True)
+                       f"\n{tables}")
+    print(f"\n{tables}\ncomparison of {len(runs)} runs written to {out}", flush=True)
     return out

@@ -77,6 +77,27 @@ def setting_key(settings: dict[str, Any]) -> SettingKey:
     return (settings.get("steps"), settings.get("n_samples"), int(settings.get("tta", 1) or 1))
 
 
+def off_grid(settings: dict[str, Any], method: dict[str, Any]) -> list[str]:
+    """The sampling settings of an evaluation, other than the grid's (steps, members, TTA),
+    that differ from the run's trained configuration (e.g. ``temperature=0.5`` or
+    ``solver=heun`` of a side study): such an evaluation is not a cell of the comparison.
+    Keys the configuration does not name are not compared, but a temperature absent from
+    it means 1."""
+    defaults = {"temperature": 1.0}
+    differ = []
+    for key, value in settings.items():
+        if key in GRID_KEYS or (key not in method and key not in defaults):
+            continue  # a key the config leaves to the class default is not a side study
+        trained = method.get(key, defaults.get(key))
+        if key in defaults and value is not None and trained is not None:
+            same = float(value) == float(trained)
+        else:
+            same = value == trained
+        if not same:
+            differ.append(f"{key}={value}")
+    return differ
+
+
 def describe(key: SettingKey) -> str:
     """A setting for the table: ``2 steps × 4``, ``TTA 4``, ``1 pass``."""
     steps, n_samples, tta = key
@@ -112,13 +133,17 @@ class Evaluation:
 
 def read_evaluations(run: Path, test_sets: dict[str, str]) -> list[Evaluation]:
     """Every evaluation of ``run`` on its own val split or on one of ``test_sets``
-    ({resolved test folder: label}); others (another split, another dataset) are skipped."""
+    ({resolved test folder: label}); others (another split, another dataset, a setting off
+    the grid: :func:`off_grid`) are skipped."""
     own_val = _resolved(run_data(run).get("val_dir", ""))
+    method = (run_config(run).get("model") or {}).get("method") or {}
     out = []
     for path in sorted(run.glob("eval/*/metrics.json")):
         ev = json.loads(path.read_text())
         split_dir = _resolved(ev.get("split_dir", ""))
         if ev.get("which", "best") != "best" or ev.get("weights", "ema") != "ema":
+            continue
+        if off_grid(ev.get("settings") or {}, method):
             continue
         if ev.get("split") == "val" and split_dir == own_val:
             label = "val"

@@ -172,11 +172,13 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], header: str) -> Path:
-    """``compare.csv`` (every column) and ``compare.md`` (``header`` + the tables)."""
+def write_report(out: Path, rows: list[dict[str, Any]], header: str, tables: str | None = None
+                 ) -> Path:
+    """``compare.csv`` (every column) and ``compare.md`` (``header`` + ``tables``, by default
+    :func:`markdown` of the rows)."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "compare.csv", rows, list(COLUMNS))
-    write_text(out / "compare.md", f"{header}\n{markdown(rows)}")
+    write_text(out / "compare.md", f"{header}\n{markdown(rows) if tables is None else tables}")
     return out
 
 
@@ -194,3 +196,67 @@ def update_section(path: Path, name: str, text: str) -> Path:
         new = old.rstrip() + ("\n\n" if old.strip() else "") + block + "\n"
     write_text(path, new)
     return path
+
+
+#: Columns of refinement.csv, in order.
+REFINEMENT_COLUMNS = ("test_set", "model", "steps", "nfe_per_image", "seeds", "dice", "dice_std",
+                      "dice_per_image", "change_from_fewer_steps", "refines")
+#: A one-sample Dice that falls by at most this much from one step count to the next still
+#: counts as non-decreasing.
+REFINE_TOLERANCE = 0.005
+
+
+def refinement_rows(evals: list[Evaluation], generative: dict[str, bool],
+                    tolerance: float = REFINE_TOLERANCE) -> list[dict[str, Any]]:
+    """Does sampling improve with steps? One row per generative model, split / test set and
+    step count: the **one-sample** Dice (no ensemble, no TTA) as mean ± std over the seeds
+    (a step count not evaluated for every seed of the model is left out), its change from the next-smaller step count, and whether
+    the whole curve up to that step count is non-decreasing within ``tolerance``."""
+    by: dict[tuple[str, str], dict[int, dict[int, Evaluation]]] = defaultdict(lambda: defaultdict(dict))
+    for ev in evals:
+        steps, n_samples, tta = ev.key
+        if not generative.get(ev.model) or steps is None or (n_samples or 1) != 1 or tta != 1:
+            continue
+        by[(ev.model, ev.test_set)][int(steps)][ev.seed] = ev
+    rows = []
+    for (model, label), curve in sorted(by.items(), key=lambda kv: (kv[0][1] != "val", kv[0])):
+        seeds = sorted(set().union(*(set(per_seed) for per_seed in curve.values())))
+        curve = {steps: per_seed for steps, per_seed in curve.items() if set(per_seed) >= set(seeds)}
+        previous, ok = None, True
+        for steps in sorted(curve):
+            evs = [curve[steps][s] for s in seeds]
+            dice, std = mean_std([float(e.metrics["dice"]) for e in evs])
+            change = None if previous is None else dice - previous
+            ok = ok and (change is None or change >= -tolerance)
+            rows.append({"test_set": label, "model": model, "steps": steps,
+                         "nfe_per_image": float(np.mean([e.nfe for e in evs])), "seeds": len(seeds),
+                         "dice": dice, "dice_std": std,
+                         "dice_per_image": float(np.mean([float(e.metrics.get("dice_per_image", np.nan))
+                                                          for e in evs])),
+                         "change_from_fewer_steps": change, "refines": ok})
+            previous = dice
+    return rows
+
+
+def refinement_markdown(rows: list[dict[str, Any]]) -> str:
+    """The refinement rows as one Markdown table."""
+    if not rows:
+        return ""
+    shown = [{"split / test set": r["test_set"], "model": r["model"], "steps": r["steps"],
+              "NFE": f"{r['nfe_per_image']:g}", "seeds": r["seeds"],
+              "1-sample Dice": f"{r['dice']:.3f} ± {r['dice_std']:.3f}",
+              "per-image Dice": f"{r['dice_per_image']:.3f}",
+              "Δ from fewer steps": ("" if r["change_from_fewer_steps"] is None
+                                     else f"{r['change_from_fewer_steps']:+.3f}"),
+              f"non-decreasing so far (±{REFINE_TOLERANCE:g})": "yes" if r["refines"] else "no"}
+             for r in rows]
+    return ("**Refinement: one-sample Dice against sampling steps** (mean ± std over seeds; "
+            "no ensemble, no TTA)\n\n" + markdown_table(shown))
+
+
+def write_refinement(out: Path, rows: list[dict[str, Any]]) -> Path | None:
+    """``refinement.csv`` beside compare.csv (nothing when no generative curve exists)."""
+    if not rows:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    return write_csv(out / "refinement.csv", rows, list(REFINEMENT_COLUMNS))
