@@ -75,6 +75,15 @@ def hardware() -> str:
     return f"{cpu}, {os.cpu_count()} cores; {gpu}"
 
 
+def _shown(path: Path) -> str:
+    """A run folder as the table names it: relative to the working directory when inside it
+    (a page in the repository does not name the machine's folders)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -146,7 +155,7 @@ def run(c: Comparison) -> Path:
               f"Command:\n\n"
               f"```bash\n{_command(c)}\n```\n\nSettings chosen on the val split (best mean val "
               f"Dice over seeds within each NFE budget), then tested once. Runs:\n\n"
-              + "".join(f"- {m} seed {s}: `{r}`\n" for (m, s), r in runs.items()))
+              + "".join(f"- {m} seed {s}: `{_shown(r)}`\n" for (m, s), r in runs.items()))
     tables = markdown(rows) + (f"\n{refinement_markdown(curve)}" if curve else "")
     write_report(out, rows, header, tables)
     write_refinement(out, curve)
