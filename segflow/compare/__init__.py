@@ -21,6 +21,9 @@ The protocol (each stage a real segflow command, so every number can be reproduc
    there), with a verdict (better / tie / worse); for ensembles, Spearman's ρ between
    per-image uncertainty per predicted vessel pixel and per-image error (1 − Dice), with
    its interval. Written to ``outputs/compare/<name>/<time>/compare.{csv,md}``.
+5. **refinement** — beside the table, each generative model's one-sample Dice against
+   sampling steps (mean ± std over seeds, non-decreasing within 0.005 or not) on val, and
+   with ``--refinement`` on the test split too: ``refinement.csv``.
 """
 
 from segflow.compare.protocol import (
