@@ -170,3 +170,26 @@ def test_two_diffusion_steps_differ_from_one_when_the_second_call_sees_noise():
     print(f"2 vs 1 step: old grid {float(old.mean()):.4f}, trailing {float(new.mean()):.4f}")
     # Old: only the ~1 % of noise left by the jump to ᾱ ≈ 0.9999 (σ ratio 0.01).
     assert float(old.mean()) < 0.02 and float(new.mean()) > 5 * float(old.mean())
+
+
+def test_diffusion_recycling_builds_the_state_on_the_models_own_x0(monkeypatch):
+    torch.manual_seed(0)
+    diff = Diffusion(timesteps=10, steps=2, prediction="x0", recycle=1.0, clip_x0=True)
+    built: list[Tensor] = []  # the x0 every forward-process state is built on
+    q_sample = diff.schedule.q_sample
+    monkeypatch.setattr(diff.schedule, "q_sample",
+                        lambda x0, step, noise: built.append(x0.clone()) or q_sample(x0, step, noise))
+    net = _Probe(0.3)  # x̂0 = 0.3 everywhere
+    mask = torch.ones(2, 1, 4, 4)
+    diff.loss(net, torch.zeros(2, 1, 4, 4), mask)
+    (x_T, t_T), (x_t, t) = net.calls  # the no-grad estimate from noise at the last step, then the trained call
+    assert torch.allclose(t_T, diff.schedule.time(9, 2, CPU))
+    assert float(x_T.std()) > 0.5  # pure noise went in
+    true_path, recycled = built
+    assert torch.equal(true_path, torch.ones_like(true_path))  # first the true mask (x0 = 1) ...
+    assert torch.allclose(recycled, torch.full_like(recycled, 0.3))  # ... then the model's own x̂0
+    net2 = _Probe(0.3)
+    Diffusion(timesteps=10, steps=2, prediction="x0").loss(net2, torch.zeros(2, 1, 4, 4), mask)
+    assert len(net2.calls) == 1
+    with pytest.raises(ValueError, match="prediction=x0"):
+        Diffusion(prediction="eps", recycle=0.5)

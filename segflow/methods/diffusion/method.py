@@ -65,6 +65,10 @@ class Diffusion(GenerativeMethod):
         eta: DDIM stochasticity (0 = deterministic, 1 = DDPM posterior variance).
         clip_x0: clamp x0 predictions to [-1, 1] while sampling.
         n_samples: ensemble size (masks drawn per image; mean → probability, std → uncertainty).
+        recycle: fraction of each batch trained on states built from the model's own x̂0 at
+            the last step (Fu et al., "Importance of Aligning Training Strategy with
+            Evaluation for Diffusion Models in 3D Multiclass Segmentation", 2023;
+            ``prediction="x0"`` only).
         temperature: scale of the starting noise x_T (eval-time setting; see
             :class:`~segflow.methods.base.GenerativeMethod`; DDPM's step noise is not scaled).
         lower_order_final: DPM-Solver++ only: with fewer than 10 steps, take the last
@@ -81,8 +85,14 @@ class Diffusion(GenerativeMethod):
                  dice_weight: float = 0.0, sampler: str = "ddim", steps: int | None = 50,
                  spacing: str = "auto", eta: float = 0.0, clip_x0: bool = True, n_samples: int = 1,
                  lower_order_final: bool = True, bce_weight: float = 0.0,
-                 parameterization: str = "linear", temperature: float = 1.0):
+                 parameterization: str = "linear", temperature: float = 1.0,
+                 recycle: float = 0.0):
         super().__init__(n_samples=n_samples, temperature=temperature)
+        if not 0.0 <= float(recycle) <= 1.0:
+            raise ValueError(f"method.recycle must be in [0, 1], got {recycle}")
+        if recycle and prediction != "x0":
+            raise ValueError("method.recycle needs method.prediction=x0 (the target stays the true mask)")
+        self.recycle = float(recycle)
         if schedule not in SCHEDULES:
             raise ValueError(f"method.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
         if prediction not in PREDICTIONS:
@@ -122,6 +132,8 @@ class Diffusion(GenerativeMethod):
         step = torch.randint(0, self.timesteps, (b,), device=x0.device)
         eps = torch.randn_like(x0)
         x_t = self.schedule.q_sample(x0, step, eps)
+        if self.recycle:
+            x_t = self._recycled(net, image, x_t, step, eps)
         out = net(x_t, self.schedule.time(step), image).float()  # losses in float32 under AMP
         alpha, sigma = self.schedule.alpha_sigma(step, out)
         target = target_of(self.prediction, x0, eps, alpha, sigma)
@@ -135,6 +147,24 @@ class Diffusion(GenerativeMethod):
                 seg, seg_parts = self.segmentation_loss(mask, valid, probs=self.x_to_probs(x0_pred))
             total, parts = total + seg, {**parts, **seg_parts}
         return {"loss": total, **parts}
+
+    @torch.no_grad()
+    def _recycled(self, net: nn.Module, image: Tensor, x_t: Tensor, step: Tensor,
+                  eps: Tensor) -> Tensor:
+        """``x_t`` with a ``recycle`` fraction of the batch rebuilt on the model's own x̂0
+        from pure noise at the last step (the first sampling step's estimate):
+        ``x_k = alpha_k x̂0 + sigma_k eps`` (Fu et al. 2023), so the later, less noisy steps
+        learn to correct the states the sampler really visits."""
+        pick = torch.rand(x_t.shape[0], device=x_t.device) < self.recycle
+        if not bool(pick.any()):
+            return x_t
+        idx = pick.nonzero().flatten()
+        start = torch.randn_like(x_t[idx])
+        x0_hat, _ = self.denoise(net, start.float(), self.timesteps - 1, image[idx])
+        x_t = x_t.clone()
+        x_t[idx] = self.schedule.q_sample(x0_hat.clamp(-1.0, 1.0).to(x_t.dtype), step[idx],
+                                          eps[idx])
+        return x_t
 
     def output_to_prediction(self, out: Tensor) -> Tensor:
         """The network output as the ``prediction`` target's estimate (tanh(ℓ/2) of a logit)."""
