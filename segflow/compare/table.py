@@ -200,7 +200,7 @@ def update_section(path: Path, name: str, text: str) -> Path:
 
 #: Columns of refinement.csv, in order.
 REFINEMENT_COLUMNS = ("test_set", "model", "steps", "nfe_per_image", "seeds", "dice", "dice_std",
-                      "dice_per_image", "change_from_fewer_steps", "refines")
+                      "dice_per_image", "cldice", "betti0_error", "change_from_fewer_steps", "refines")
 #: A one-sample Dice that falls by at most this much from one step count to the next still
 #: counts as non-decreasing.
 REFINE_TOLERANCE = 0.005
@@ -211,7 +211,8 @@ def refinement_rows(evals: list[Evaluation], generative: dict[str, bool],
     """Does sampling improve with steps? One row per generative model, split / test set and
     step count: the **one-sample** Dice (no ensemble, no TTA) as mean ± std over the seeds
     (a step count not evaluated for every seed of the model is left out), its change from the next-smaller step count, and whether
-    the whole curve up to that step count is non-decreasing within ``tolerance``."""
+    the whole curve up to that step count is non-decreasing within ``tolerance``; clDice and
+    the β0 error (mean over seeds) show what the steps do to the topology."""
     by: dict[tuple[str, str], dict[int, dict[int, Evaluation]]] = defaultdict(lambda: defaultdict(dict))
     for ev in evals:
         steps, n_samples, tta = ev.key
@@ -231,8 +232,8 @@ def refinement_rows(evals: list[Evaluation], generative: dict[str, bool],
             rows.append({"test_set": label, "model": model, "steps": steps,
                          "nfe_per_image": float(np.mean([e.nfe for e in evs])), "seeds": len(seeds),
                          "dice": dice, "dice_std": std,
-                         "dice_per_image": float(np.mean([float(e.metrics.get("dice_per_image", np.nan))
-                                                          for e in evs])),
+                         **{k: float(np.mean([float(e.metrics.get(k, np.nan)) for e in evs]))
+                            for k in ("dice_per_image", "cldice", "betti0_error")},
                          "change_from_fewer_steps": change, "refines": ok})
             previous = dice
     return rows
@@ -245,7 +246,8 @@ def refinement_markdown(rows: list[dict[str, Any]]) -> str:
     shown = [{"split / test set": r["test_set"], "model": r["model"], "steps": r["steps"],
               "NFE": f"{r['nfe_per_image']:g}", "seeds": r["seeds"],
               "1-sample Dice": f"{r['dice']:.3f} ± {r['dice_std']:.3f}",
-              "per-image Dice": f"{r['dice_per_image']:.3f}",
+              "per-image Dice": f"{r['dice_per_image']:.3f}", "clDice": f"{r['cldice']:.3f}",
+              "β0 err": f"{r['betti0_error']:.1f}",
               "Δ from fewer steps": ("" if r["change_from_fewer_steps"] is None
                                      else f"{r['change_from_fewer_steps']:+.3f}"),
               f"non-decreasing so far (±{REFINE_TOLERANCE:g})": "yes" if r["refines"] else "no"}
