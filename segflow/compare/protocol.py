@@ -81,21 +81,13 @@ def off_grid(settings: dict[str, Any], method: dict[str, Any]) -> list[str]:
     """The sampling settings of an evaluation, other than the grid's (steps, members, TTA),
     that differ from the run's trained configuration (e.g. ``temperature=0.5`` or
     ``solver=heun`` of a side study): such an evaluation is not a cell of the comparison.
-    Keys the configuration does not name are not compared, but a temperature absent from
-    it means 1."""
-    defaults = {"temperature": 1.0}
-    differ = []
-    for key, value in settings.items():
-        if key in GRID_KEYS or (key not in method and key not in defaults):
-            continue  # a key the config leaves to the class default is not a side study
-        trained = method.get(key, defaults.get(key))
-        if key in defaults and value is not None and trained is not None:
-            same = float(value) == float(trained)
-        else:
-            same = value == trained
-        if not same:
-            differ.append(f"{key}={value}")
-    return differ
+    Keys the configuration does not name are not compared (the class default), except those
+    of :data:`~segflow.methods.base.UNNAMED_DEFAULTS` (a temperature absent means 1)."""
+    from segflow.methods.base import UNNAMED_DEFAULTS
+
+    return [f"{key}={value}" for key, value in settings.items()
+            if key not in GRID_KEYS and (key in method or key in UNNAMED_DEFAULTS)
+            and value != method.get(key, UNNAMED_DEFAULTS.get(key))]
 
 
 def describe(key: SettingKey) -> str:

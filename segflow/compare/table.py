@@ -210,9 +210,10 @@ def refinement_rows(evals: list[Evaluation], generative: dict[str, bool],
                     tolerance: float = REFINE_TOLERANCE) -> list[dict[str, Any]]:
     """Does sampling improve with steps? One row per generative model, split / test set and
     step count: the **one-sample** Dice (no ensemble, no TTA) as mean ± std over the seeds
-    (a step count not evaluated for every seed of the model is left out), its change from the next-smaller step count, and whether
-    the whole curve up to that step count is non-decreasing within ``tolerance``; clDice and
-    the β0 error (mean over seeds) show what the steps do to the topology."""
+    (a step count not evaluated for every seed of the model is left out), its change from
+    the next-smaller step count, and whether the whole curve up to that step count is
+    non-decreasing within ``tolerance``; clDice and the β0 error (mean over seeds) show what
+    the steps do to the topology."""
     by: dict[tuple[str, str], dict[int, dict[int, Evaluation]]] = defaultdict(lambda: defaultdict(dict))
     for ev in evals:
         steps, n_samples, tta = ev.key

@@ -43,6 +43,10 @@ from segflow.methods.losses import (
 )
 from segflow.networks.base import Denoiser
 
+#: Sampling settings whose default is left out of an evaluation's name and settings (every
+#: run has them): one pass, and the full-scale starting noise.
+UNNAMED_DEFAULTS: dict[str, float] = {"tta": 1, "temperature": 1.0}
+
 TTA_PASSES = (1, 2, 4, 8)
 """Test-time augmentation sizes: identity, + horizontal flip, + vertical flip and half turn,
 + the quarter turns and transposes (the dihedral group of the square)."""
@@ -152,9 +156,8 @@ class Method(nn.Module, ABC):
     def sampling_settings(self) -> dict[str, Any]:
         """The current values of the settings that may change at evaluation time (``tta``
         and ``temperature`` only when they are not their defaults, one pass and 1)."""
-        defaults = {"tta": 1, "temperature": 1.0}
         return {k: getattr(self, k) for k in self.sampling_keys
-                if k not in defaults or float(getattr(self, k)) != defaults[k]}
+                if k not in UNNAMED_DEFAULTS or float(getattr(self, k)) != UNNAMED_DEFAULTS[k]}
 
     def with_settings(self, **settings: Any) -> Method:
         """A copy of this method with some sampling settings changed.
@@ -274,6 +277,13 @@ class GenerativeMethod(Method):
         if not 0.0 <= float(self.temperature) <= 1.0:
             raise ValueError(f"temperature (scale of the starting noise) must be in [0, 1], "
                              f"got {self.temperature}")
+
+    @staticmethod
+    def recycled_rows(batch: int, fraction: float, device: torch.device) -> Tensor | None:
+        """Indices of the batch rows to rebuild on the model's own estimate (recycling, Fu
+        et al. 2023): each row with probability ``fraction``; None when none is drawn."""
+        pick = torch.rand(batch, device=device) < fraction
+        return pick.nonzero().flatten() if bool(pick.any()) else None
 
     @staticmethod
     def mask_to_x(mask: Tensor) -> Tensor:

@@ -155,10 +155,9 @@ class Diffusion(GenerativeMethod):
         from pure noise at the last step (the first sampling step's estimate):
         ``x_k = alpha_k x̂0 + sigma_k eps`` (Fu et al. 2023), so the later, less noisy steps
         learn to correct the states the sampler really visits."""
-        pick = torch.rand(x_t.shape[0], device=x_t.device) < self.recycle
-        if not bool(pick.any()):
+        idx = self.recycled_rows(x_t.shape[0], self.recycle, x_t.device)
+        if idx is None:
             return x_t
-        idx = pick.nonzero().flatten()
         start = torch.randn_like(x_t[idx])
         x0_hat, _ = self.denoise(net, start.float(), self.timesteps - 1, image[idx])
         x_t = x_t.clone()

@@ -216,10 +216,9 @@ class FlowMatching(GenerativeMethod):
                   eps: Tensor | None) -> Tensor:
         """``x_t`` with a ``recycle`` fraction of the batch rebuilt on the model's own x̂1
         at t = 0 (the first Euler step's estimate from the same noise)."""
-        pick = torch.rand(x0.shape[0], device=x0.device) < self.recycle
-        if not bool(pick.any()):
+        idx = self.recycled_rows(x0.shape[0], self.recycle, x0.device)
+        if idx is None:
             return x_t
-        idx = pick.nonzero().flatten()
         t0 = torch.zeros(idx.numel(), device=x0.device)
         out = net(x0[idx], t0, image[idx]).float()
         x1_hat = self.x1_estimate(out, x0[idx].float(), t0).clamp(-1.0, 1.0).to(x0.dtype)
