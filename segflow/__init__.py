@@ -1,6 +1,6 @@
 """segflow: vessel segmentation with supervised, diffusion and flow-matching models.
 
-``segflow.load_run(path)`` loads a trained run for prediction (see :mod:`segflow.api`):
+``segflow.load_run(path)`` loads a trained run for prediction (see :mod:`segflow.inference.api`):
 ``segflow.load_run(run_dir).predict(images)`` takes an array, a stack, files or a folder.
 """
 
@@ -14,7 +14,7 @@ __all__ = ["load_run", "Run", "Segmentation"]
 
 def __getattr__(name: str) -> Any:  # the API imports torch/Lightning: only when asked for
     if name in __all__:
-        from segflow import api
+        from segflow.inference import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'segflow' has no attribute {name!r}")

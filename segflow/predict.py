@@ -1,8 +1,47 @@
-"""``python -m segflow.predict``: see :mod:`segflow.cli.predict`."""
+"""``python -m segflow.predict``: segment a folder of new (unlabelled) images.
 
+Examples:
+    python -m segflow.predict run_dir=outputs/runs/unet_synthetic_xca/<time> input_dir=my_images
+    python -m segflow.predict run_dir=<run>/checkpoints/last.ckpt input_dir=in output_dir=out device=cuda:1
+    python -m segflow.predict run_dir=<run> input_dir=in model.method.steps=10 model.method.n_samples=8
+
+Writes ``<stem>_mask.png``, ``<stem>_prob.png`` (and, for ensembles,
+``<stem>_uncertainty.png``) and ``predictions.csv``; see :mod:`segflow.inference.prediction`.
+"""
+
+from __future__ import annotations
+
+import logging
 import sys
 
-from segflow.cli.predict import main
+import hydra
+from omegaconf import DictConfig
+
+from segflow.conf.resolvers import register_resolvers
+from segflow.inference.prediction import predict_folder
+from segflow.infra.commands import open_key_overrides
+from segflow.infra.config_files import check_config_dirs
+from segflow.infra.errors import command
+from segflow.runs.guards import run_output_guard
+
+log = logging.getLogger("segflow.predict")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def _hydra_main(cfg: DictConfig) -> None:
+    with run_output_guard(cfg, log) as out:
+        predict_folder(cfg, out)
+
+
+@command
+def main() -> None:
+    """Entry point (``segflow-predict``): ``model.*`` overrides are merged into the run's
+    config (see eval)."""
+    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
+    sys.argv[1:] = open_key_overrides(sys.argv[1:])
+    register_resolvers()
+    _hydra_main()
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -89,7 +89,7 @@ def train(workdir: Path):
         rest = [o for o in overrides if not o.startswith("-")]
         real = any(o.startswith("data=") and not o.startswith("data=synthetic") for o in rest)
         tiny = [t for t in TINY if not (real and t.startswith("data.synthetic"))]
-        proc = run_entry("segflow.train", [*flags, *tiny, "trainer=debug", *rest], workdir)
+        proc = run_entry("segflow.train", [*flags, *tiny, "debug=default", *rest], workdir)
         if expect_ok:
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         new = sorted(set(run_dirs(workdir)) - before)
@@ -116,7 +116,7 @@ class TinyRuns:
     def get(self, model: str = "unet") -> Path:
         """The run folder of a tiny 2-epoch run of ``model`` (``unet`` or ``toy_flow``)."""
         if model not in self._runs:
-            args = [*TINY, "trainer=debug", "trainer.max_epochs=2", f"model={model}",
+            args = [*TINY, "debug=default", "trainer.max_epochs=2", f"model={model}",
                     f"experiment_name=tiny_{model}", TOY_SEARCHPATH]
             proc = run_entry("segflow.train", args, self.workdir, env=TOY_ENV)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

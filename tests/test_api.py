@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 
 import segflow
 from segflow.data.preprocess import Preprocess
-from segflow.evaluation import build_datamodule
-from segflow.lit_module import SegModule
-from segflow.prediction import predict_folder
+from segflow.engine.evaluation import build_datamodule
+from segflow.engine.module import SegModule
+from segflow.inference.prediction import predict_folder
 from segflow.runs.checkpoints import load_model
 from segflow.runs.results import to_uint8
 
@@ -25,7 +25,7 @@ def clahe_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("clahe_run")
     (work / "outputs").mkdir()
     (work / "data").mkdir()
-    proc = run_entry("segflow.train", [*TINY, "trainer=debug", "trainer.max_epochs=1",
+    proc = run_entry("segflow.train", [*TINY, "debug=default", "trainer.max_epochs=1",
                                        "+data.intensity.clahe=2.0", "experiment_name=clahe"], work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run,) = run_dirs(work)
@@ -168,7 +168,7 @@ def test_predict_of_a_generative_model_batches_with_uncertainty(tiny_runs):
     ("no_such_file.png", "no_such_file.png does not exist"),
 ])
 def test_predict_refuses_other_inputs_with_one_sentence(tiny_runs, bad, message):
-    from segflow.errors import DataError
+    from segflow.infra.errors import DataError
 
     run = segflow.load_run(tiny_runs.get("unet"))
     with pytest.raises(DataError) as err:

@@ -3,8 +3,8 @@ phrase, and leaves what the user had in place (nothing lost, nothing overwritten
 
 Each case is ``(id, action, expected exit code, phrase in the message, paths that must
 still exist afterwards)``; actions run in-process through the entry points' own error
-handling (:func:`segflow.errors.exit_on_user_error`, the Hydra resolvers that choose
-folders, ``segflow.prepare.main``, ``segflow.cli.report.main``), so the whole table takes
+handling (:func:`segflow.infra.errors.exit_on_user_error`, the Hydra resolvers that choose
+folders, ``segflow.prepare.main``, ``segflow.report.main``), so the whole table takes
 seconds; one test launches two real trainings in the same second.
 """
 
@@ -27,11 +27,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from segflow.atomic import AtomicCheckpointIO, checkpoint_problem
-from segflow.cli.overrides import open_key_overrides
-from segflow.errors import exit_on_user_error
-from segflow.evaluation import evaluate
-from segflow.runs.folders import claim_dir
+from segflow.engine.evaluation import evaluate
+from segflow.infra.atomic import AtomicCheckpointIO, checkpoint_problem
+from segflow.infra.commands import open_key_overrides
+from segflow.infra.errors import exit_on_user_error
+from segflow.runs.layout import claim_dir
 
 from conftest import CONF, ROOT, TINY, run_dirs
 
@@ -113,7 +113,7 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
 
 def _train_cfg(*overrides: str):
     def action(work: Path):
-        from segflow.validate import validate_train
+        from segflow.infra.validate import validate_train
 
         validate_train(_compose("train", list(overrides)))
     return action
@@ -180,7 +180,7 @@ def _read_only_output_root(work: Path):
 
 
 def _disk_full_while_writing(work: Path):
-    from segflow.atomic import write_json
+    from segflow.infra.atomic import write_json
 
     write_json(work / "metrics.json", {"dice": 0.5})
 
@@ -277,9 +277,9 @@ def test_damaged_checkpoints_and_resume_auto(tiny_runs, tmp_path, capsys, caplog
 
 
 def test_atomic_checkpoint_io_is_what_training_uses():
-    from segflow.training import build_trainer
+    from segflow.engine.training import build_trainer
 
-    trainer = build_trainer(_compose("train", ["trainer=debug"]), logger=False)
+    trainer = build_trainer(_compose("train", ["debug=default"]), logger=False)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
@@ -321,11 +321,12 @@ def test_eval_with_an_empty_run_dir_creates_nothing(tmp_path, capsys, caplog, mo
 # -- 5. predict -------------------------------------------------------------------------
 
 def _predict(work: Path, run: Path, inp: str, *extra: str):
-    from segflow.prediction import output_folder, predict_folder
+    from segflow.inference.prediction import predict_folder
+    from segflow.runs.layout import prediction_dir
 
     cfg = _compose("predict", open_key_overrides([f"run_dir={run}", f"input_dir={work / inp}",
                                                   "device=cpu", *extra]))
-    out = output_folder(cfg.get("output_dir"), cfg.run_dir, cfg.input_dir)
+    out = prediction_dir(cfg.get("output_dir"), cfg.run_dir, cfg.input_dir, cfg.get("overwrite", False))
     return predict_folder(cfg, out) and 0
 
 
@@ -382,7 +383,7 @@ def test_predict_refuses_to_lose_or_overwrite(tiny_runs, tmp_path, capsys, caplo
 
 def _prep(*argv: str):
     def action(work: Path):
-        from segflow.cli.prepare import main
+        from segflow.prepare import main
 
         return main([a.replace("{w}", str(work)) for a in argv])
     return action
@@ -443,7 +444,7 @@ def test_damaged_test_label_is_found_at_set_up(tmp_path, capsys, caplog):
 # -- 8. report --------------------------------------------------------------------------
 
 def test_report_skips_a_damaged_metrics_json(tiny_runs, tmp_path, capsys, caplog):
-    from segflow.cli.report import main
+    from segflow.report import main
 
     good = _copy_run(tiny_runs.get("unet"), tmp_path / "runs" / "good")
     bad = _copy_run(tiny_runs.get("unet"), tmp_path / "runs" / "bad")
@@ -467,13 +468,13 @@ def test_two_runs_started_in_the_same_second_get_two_folders(workdir):
     import subprocess
     import sys
 
-    args = [*TINY, "trainer=debug", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+    args = [*TINY, "debug=default", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1", "test_after_fit=false", "experiment_name=same"]
     env = {**os.environ, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
            "SEGFLOW_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(ROOT),
            "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
     # the same timestamp for both, as when two processes start in the same second
-    stamp = "hydra.run.dir='${segflow_unique:${paths.output_root}/runs/same/2026-01-01_00-00-00}'"
+    stamp = "hydra.run.dir='${segflow_run_dir:${paths.output_root},same,2026-01-01_00-00-00}'"
     procs = [subprocess.Popen([sys.executable, "-m", "segflow.train", *args, stamp], cwd=workdir,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
@@ -491,7 +492,7 @@ def test_two_runs_started_in_the_same_second_get_two_folders(workdir):
 def test_log_image_names_naming_no_image_is_a_warning(caplog):
     from types import SimpleNamespace
 
-    from segflow.callbacks import ValImageLogger
+    from segflow.engine.callbacks import ValImageLogger
 
     samples = [SimpleNamespace(name=n) for n in ("0006.png", "0007.png")]
     trainer = SimpleNamespace(global_rank=0, datamodule=SimpleNamespace(samples=lambda s: samples))
@@ -506,7 +507,7 @@ def test_log_image_names_naming_no_image_is_a_warning(caplog):
 
 
 def test_predict_bad_device_is_one_sentence(capsys, caplog, tmp_path):
-    from segflow.inference import resolve_device as pick_device
+    from segflow.inference.window import resolve_device as pick_device
 
     case = Case("predict device=gpu0", lambda w: pick_device("gpu0"), 2,
                 "device=gpu0 is not a device; use auto, cpu, cuda or cuda:<index>")
@@ -547,7 +548,7 @@ def test_failed_training_leaves_no_run_folder(workdir):
             (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
             (["data=folder", f"data.root={empty}"], "no images")):
         tiny = [t for t in TINY if not (args[0].startswith("data=") and t.startswith("data.synthetic"))]
-        proc = run_entry("segflow.train", [*tiny, "trainer=debug", *args], workdir)
+        proc = run_entry("segflow.train", [*tiny, "debug=default", *args], workdir)
         out = proc.stdout + proc.stderr
         assert proc.returncode == 2 and phrase in out and "Traceback" not in out, out[-2000:]
         assert run_dirs(workdir) == [], args
@@ -555,7 +556,7 @@ def test_failed_training_leaves_no_run_folder(workdir):
 
 
 def test_report_skips_failed_runs_and_wrong_shapes(tiny_runs, tmp_path, capsys, caplog):
-    from segflow.cli.report import main
+    from segflow.report import main
     from segflow.runs.failed import mark_failed
 
     good = _copy_run(tiny_runs.get("unet"), tmp_path / "runs" / "good")
@@ -598,11 +599,12 @@ def test_predict_refusal_changes_nothing_in_the_used_folder(tiny_runs, tmp_path,
 
 def _predict_guarded(work: Path, run: Path, inp: str):
     """As segflow.predict's entry point: a failure removes the folder it had claimed."""
-    from segflow.prediction import output_folder, predict_folder
+    from segflow.inference.prediction import predict_folder
     from segflow.runs.failed import failed_run_guard
+    from segflow.runs.layout import prediction_dir
 
     cfg = _compose("predict", [f"run_dir={run}", f"input_dir={work / inp}", "device=cpu"])
-    out = output_folder(None, cfg.run_dir, cfg.input_dir)
+    out = prediction_dir(None, cfg.run_dir, cfg.input_dir)
     with failed_run_guard(out, prune_up_to=run):
         return predict_folder(cfg, out) and 0
 
@@ -645,7 +647,7 @@ def test_nan_pixels_and_nan_outputs_are_named(tiny_runs, tmp_path, capsys, caplo
 
 
 def test_one_sentence_each(tiny_runs, tmp_path, capsys, caplog, monkeypatch):
-    from segflow.config_files import check_config_dirs
+    from segflow.infra.config_files import check_config_dirs
 
     run = _copy_run(tiny_runs.get("unet"), tmp_path / "run")
     _write_images(tmp_path / "site", 1, size=40)
@@ -685,7 +687,7 @@ def test_one_sentence_each(tiny_runs, tmp_path, capsys, caplog, monkeypatch):
 
 
 def test_every_preset_passes_the_type_check():
-    from segflow.config_files import check_target_types
+    from segflow.infra.config_files import check_target_types
 
     for kind in ("model", "experiment"):
         for preset in sorted((CONF / kind).glob("*.yaml")):
@@ -704,7 +706,7 @@ def test_make_compare_with_empty_models_is_one_sentence():
 def test_failed_run_guard_removes_only_a_users_failed_start(tmp_path):
     import sys
 
-    from segflow.errors import ConfigError
+    from segflow.infra.errors import ConfigError
     from segflow.runs.failed import failed_reason, failed_run_guard
 
     def start(name: str, *files: str) -> Path:

@@ -17,7 +17,7 @@ from segflow.networks import UNet
 from conftest import CONF, ROOT, run_entry
 
 TINY_PRESET = """\
-_target_: segflow.lit_module.SegModule
+_target_: segflow.engine.module.SegModule
 name: {name}
 net:
   _target_: bench_tiny.TinyDenoiser

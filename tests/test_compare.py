@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from segflow.compare import spearman
+from segflow.reports.compare import spearman
 
 from conftest import TINY, run_entry
 
@@ -34,7 +34,7 @@ def test_compare_selects_on_val_tests_once_over_seeds_and_sites(workdir):
     args = ["--data", "synthetic_xca", "--seeds", "0,1", "--nfe", "1,2", "--steps", "1,2",
             "--samples", "1", "--tta", "1,2"]
     # A second "site": the generated test images, mirrored, in a folder of their own.
-    first = run_entry("segflow.train", ["model=unet", *TINY, "trainer=debug"], workdir)
+    first = run_entry("segflow.train", ["model=unet", *TINY, "debug=default"], workdir)
     assert first.returncode == 0, first.stderr[-2000:]
     site = workdir / "other_site"
     shutil.copytree(workdir / "data" / "synthetic" / "xca_s0_64px" / "test", site / "test")
@@ -43,11 +43,17 @@ def test_compare_selects_on_val_tests_once_over_seeds_and_sites(workdir):
 
         cv2.imwrite(str(png), cv2.imread(str(png), cv2.IMREAD_UNCHANGED)[:, ::-1])
     also = ["--also-test", f"folder:{site}"]
+    # The comparison trains into paths.output_root, not the environment's root, and finds
+    # its runs there.
+    root = workdir / "elsewhere"
+    args += [f"paths.output_root={root}"]
     # The families one invocation each (their tiny nets take different keys), then one table.
     for model, tiny in (("unet", TINY), ("flow_small", FLOW_TINY)):
-        done = run_entry("segflow.compare", [*args, "--models", model, *also, *tiny, "trainer=debug"],
+        done = run_entry("segflow.compare", [*args, "--models", model, *also, *tiny, "debug=default"],
                          workdir, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert len(list((root / "multirun" / "compare_synthetic_xca").rglob("metrics.json"))) >= 4
+    assert not (workdir / "outputs" / "multirun" / "compare_synthetic_xca").exists()
     out = workdir / "table"
     page = workdir / "results.md"
     page.write_text("# Results\n\nKept by hand.\n")
@@ -107,7 +113,7 @@ def test_compare_selects_on_val_tests_once_over_seeds_and_sites(workdir):
 
 
 def test_update_section_replaces_only_its_own_block(tmp_path):
-    from segflow.compare.table import update_section
+    from segflow.reports.compare.table import update_section
 
     page = tmp_path / "r.md"
     page.write_text("intro\n")
@@ -121,7 +127,7 @@ def test_update_section_replaces_only_its_own_block(tmp_path):
 
 def test_selection_follows_val_not_test():
     """choose_settings sees only val: a setting that is best on test but not on val loses."""
-    from segflow.compare.protocol import Evaluation, choose_settings
+    from segflow.reports.compare.protocol import Evaluation, choose_settings
 
     def ev(split, steps, seed, dice, nfe):
         return Evaluation(Path("r"), "flow_small", seed, split, split, (steps, 1, 1),
@@ -150,7 +156,7 @@ def test_recipe_sweep_script_reports_each_recipe_under_the_grid(workdir):
            "SEGFLOW_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(root),
            "PY": sys.executable, "FAMILIES": "flow", "JOBS": "2", "STEPS": "1,2", "SAMPLES": "1"}
     done = subprocess.run(["bash", str(root / "docs" / "scripts" / "recipe_sweep.sh"),
-                           "data=synthetic_xca", *FLOW_TINY, "trainer=debug"],
+                           "data=synthetic_xca", *FLOW_TINY, "debug=default"],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (report,) = (workdir / "outputs" / "multirun" / "recipe_flow").glob("*/report")
@@ -167,8 +173,8 @@ def test_recipe_sweep_script_reports_each_recipe_under_the_grid(workdir):
 
 
 def test_refinement_rows_follow_the_one_sample_curve_over_common_seeds():
-    from segflow.compare.protocol import Evaluation
-    from segflow.compare.table import refinement_rows
+    from segflow.reports.compare.protocol import Evaluation
+    from segflow.reports.compare.table import refinement_rows
 
     def ev(model, split, steps, n, seed, dice):
         return Evaluation(Path("r"), model, seed, split, split, (steps, n, 1),
@@ -188,7 +194,7 @@ def test_refinement_rows_follow_the_one_sample_curve_over_common_seeds():
 
 
 def test_side_study_evaluations_are_not_cells_of_the_comparison():
-    from segflow.compare.protocol import off_grid
+    from segflow.reports.compare.protocol import off_grid
 
     method = {"steps": 2, "n_samples": 4, "solver": "euler"}
     assert off_grid({"steps": 8, "n_samples": 1, "solver": "euler", "atol": 1e-4}, method) == []

@@ -1,4 +1,4 @@
-"""The Lightning internals segflow uses (segflow.compat) and the tested version bounds."""
+"""The Lightning internals segflow uses (segflow.infra.compat) and the tested version bounds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from segflow import compat
+from segflow.infra import compat
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
@@ -26,7 +26,7 @@ def test_a_missing_internal_is_named(monkeypatch):
 
     monkeypatch.delattr(subprocess_script, "_hydra_subprocess_cmd")
     problems = compat.lightning_problems()
-    assert any("_hydra_subprocess_cmd is gone" in p and "segflow.compat" in p for p in problems)
+    assert any("_hydra_subprocess_cmd is gone" in p and "segflow.infra.compat" in p for p in problems)
 
 
 def test_a_lightning_outside_the_range_is_named(monkeypatch):

@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from segflow.errors import NetworkMismatchError
+from segflow.infra.errors import NetworkMismatchError
 
 from conftest import CONF
 

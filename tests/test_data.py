@@ -12,7 +12,7 @@ from segflow.data import SegDataModule, ensure_synthetic, load_split, read_image
 from segflow.data.datamodule import ShardSampler
 from segflow.data.datasets import RandomCropDataset, collate_crops
 from segflow.data.transforms import build_train_transform
-from segflow.errors import DataError
+from segflow.infra.errors import DataError
 
 
 def _write_pair(root: Path, stem: str, size=(20, 24), split="train", label=True, image=True):

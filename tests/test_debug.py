@@ -1,4 +1,4 @@
-"""`trainer=debug` is a smoke check of every model preset at its own network size: fit,
+"""`debug=default` is a smoke check of every model preset at its own network size: fit,
 validation, test, checkpoints and metrics.json, with generative sampling capped; and the
 same for `segflow.eval` / `segflow.predict`."""
 
@@ -46,12 +46,12 @@ class DebugRuns:
         self.work, self.runs = work, {}
 
     def get(self, model: str) -> tuple[Path, str]:
-        """(run folder, stdout+stderr) of `segflow.train model=<model> trainer=debug`."""
+        """(run folder, stdout+stderr) of `segflow.train model=<model> debug=default`."""
         if model not in self.runs:
             # A refinement preset starts from a supervised run: the csnet run of this module.
             prior = ([f"model.method.prior_run={self.get('csnet')[0]}"]
                      if "prior_run" in preset_method(model) else [])
-            proc = run_entry("segflow.train", [f"model={model}", "trainer=debug", *DATA, *prior],
+            proc = run_entry("segflow.train", [f"model={model}", "debug=default", *DATA, *prior],
                              self.work, timeout=600)
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
             (run,) = [r for r in run_dirs(self.work) if r.parent.name == f"{model}_synthetic_xca"]
@@ -89,7 +89,7 @@ def test_every_preset_runs_end_to_end_under_trainer_debug(debug_runs, model):
         assert test["n_samples"] == 1
     else:
         assert test["nfe"] == 1
-    capped = [line for line in log.splitlines() if "trainer=debug: sampling capped" in line]
+    capped = [line for line in log.splitlines() if "debug=default: sampling capped" in line]
     assert len(capped) == (1 if lowered else 0), capped
     if lowered:
         assert all(f"{k}={v}" in capped[0] for k, v in lowered.items()), capped
@@ -102,9 +102,9 @@ def test_every_preset_runs_end_to_end_under_trainer_debug(debug_runs, model):
 
 def test_eval_and_predict_under_trainer_debug(debug_runs, debug_work, tmp_path):
     """A generative run (flow_small: an ensemble of 4) evaluated and used for prediction with
-    trainer=debug: 2 images, central 128 px, one member, at most 2 steps, one log line each."""
+    debug=default: 2 images, central 128 px, one member, at most 2 steps, one log line each."""
     run, _ = debug_runs.get("flow_small")
-    proc = run_entry("segflow.eval", [f"run_dir={run}", "trainer=debug"], debug_work)
+    proc = run_entry("segflow.eval", [f"run_dir={run}", "debug=default"], debug_work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     (out,) = [p for p in (run / "eval").iterdir() if p.name.startswith("test")]
     assert "n_samples-1" in out.name and "steps-2" in out.name  # the capped settings' tag
@@ -116,20 +116,20 @@ def test_eval_and_predict_under_trainer_debug(debug_runs, debug_work, tmp_path):
     eval_log = next((run / "eval" / "logs").rglob("eval.log")).read_text()
     preset = preset_method("flow_small")
     assert preset["n_samples"] > CAPS["n_samples"]  # so the cap has something to lower
-    assert (f"trainer=debug: sampling capped to n_samples={CAPS['n_samples']} "
+    assert (f"debug=default: sampling capped to n_samples={CAPS['n_samples']} "
             f"(was n_samples={preset['n_samples']})") in eval_log
 
     images = debug_work / "data" / "synthetic" / "xca_s0_256px" / "train" / "image"
     assert len(list(images.iterdir())) == 4
     proc = run_entry("segflow.predict", [f"run_dir={run}", f"input_dir={images}",
-                                         f"output_dir={tmp_path / 'pred'}", "trainer=debug"],
+                                         f"output_dir={tmp_path / 'pred'}", "debug=default"],
                      debug_work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     with open(tmp_path / "pred" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and {r["nfe"] for r in rows} == {"2"}  # trainer.limit_predict_batches
     assert {(r["height"], r["width"]) for r in rows} == {("128", "128")}
-    assert "trainer=debug: sampling capped" in (tmp_path / "pred" / "predict.log").read_text()
+    assert "debug=default: sampling capped" in (tmp_path / "pred" / "predict.log").read_text()
 
 
 def test_capped_lowers_only_the_settings_a_method_has():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from segflow.errors import NetworkMismatchError
+from segflow.infra.errors import NetworkMismatchError
 from segflow.methods import Diffusion
 from segflow.networks import Denoiser, MedSegDiff, UNet
 from segflow.networks.medsegdiff import ConditionFusion, FFParser

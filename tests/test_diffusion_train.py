@@ -21,9 +21,9 @@ from conftest import assert_learned
 SMALL = ["model=medsegdiff", "model.net.channel_mult=[1,2]", "model.net.attention=false",
          "model.method.timesteps=50",
          "model.method.sampler=ddim", "model.method.steps=2", "model.method.n_samples=2",
-         "debug.sampling.n_samples=2",  # trainer=debug caps the ensemble at 1; 2 for the uncertainty
+         "debug.sampling.n_samples=2",  # debug=default caps the ensemble at 1; 2 for the uncertainty
          # 150 optimiser steps with a short EMA so that the averaged weights have learned: the
-         # 2 steps of trainer=debug leave an untrained x0-predictor whose masks are empty.
+         # 2 steps of debug=default leave an untrained x0-predictor whose masks are empty.
          "trainer.max_epochs=25", "trainer.limit_train_batches=6", "trainer.check_val_every_n_epoch=25",
          "model.ema_decay=0.9", "model.learning_rate=3e-3", "model.method.dice_weight=1"]
 SETTINGS = [("ddpm", None, 50), ("ddim", 10, 10), ("ddim", 50, 50), ("dpm_solver", 10, 10),

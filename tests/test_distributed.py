@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import CONF, assert_learned, run_dirs
 
-# On top of the fixture's trainer=debug (2 batches per epoch); as `trainer=ddp
+# On top of the fixture's debug=default (2 batches per epoch); as `trainer=ddp
 # trainer.accelerator=cpu trainer.devices=2` would give, with debug's short epochs.
 DDP = ["trainer.strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 PROBE = "+callbacks.probe._target_=tests.probes.RankLossProbe"
@@ -124,8 +124,8 @@ def test_ddp_timeout_is_the_strategy_timeout():
 
     from omegaconf import OmegaConf
 
-    from segflow.distributed_faults import strategy_with_timeout
-    from segflow.errors import ConfigError
+    from segflow.engine.faults import strategy_with_timeout
+    from segflow.infra.errors import ConfigError
 
     for name in ("ddp", "ddp_spawn", "ddp_find_unused_parameters_true"):
         strategy = strategy_with_timeout(OmegaConf.create({"strategy": name}), 45)
@@ -166,8 +166,8 @@ def test_trainer_presets_compose():
 def test_fsdp_on_cpu_is_one_clear_error():
     from omegaconf import OmegaConf
 
-    from segflow.errors import ConfigError
-    from segflow.training import build_trainer
+    from segflow.engine.training import build_trainer
+    from segflow.infra.errors import ConfigError
 
     cfg = OmegaConf.create({"trainer": {"_target_": "pytorch_lightning.Trainer",
                                         "accelerator": "cpu", "devices": 2, "strategy": "fsdp"}})

@@ -10,9 +10,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from segflow.cli.overrides import open_key_overrides
-from segflow.errors import ConfigError
-from segflow.evaluation import evaluate, grid_combinations
+from segflow.engine.evaluation import evaluate, grid_combinations
+from segflow.infra.commands import open_key_overrides
+from segflow.infra.errors import ConfigError
 from segflow.runs.checkpoints import load_model
 
 from conftest import CONF, TOY_ENV, assert_learned, run_entry

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import segflow
-from segflow.errors import ConfigError
-from segflow.export import export_network, load_torchscript, missing_onnx
+from segflow.inference.export import export_network, load_torchscript, missing_onnx
+from segflow.infra.errors import ConfigError
 from segflow.networks import MedSegDiff
 
 from conftest import ROOT, TOY_ENV, run_entry

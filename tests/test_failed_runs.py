@@ -8,7 +8,7 @@ from conftest import TINY, run_entry
 
 
 def test_a_bad_value_leaves_no_run_folder(workdir):
-    proc = run_entry("segflow.train", [*TINY, "trainer=debug", "data.train_bs=0",
+    proc = run_entry("segflow.train", [*TINY, "debug=default", "data.train_bs=0",
                                        "experiment_name=bad"], workdir)
     assert proc.returncode == 2, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr

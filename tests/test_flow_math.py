@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from segflow.errors import NetworkMismatchError
+from segflow.infra.errors import NetworkMismatchError
 from segflow.methods import FlowMatching
 from segflow.methods.flow.solvers import dopri5, solve
 from segflow.networks import Denoiser, UNet

@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from segflow.inference import predict_whole
-from segflow.lit_module import SegModule
+from segflow.engine.module import SegModule
+from segflow.inference.window import predict_whole
 from segflow.methods import FlowMatching
 from segflow.metrics import VesselMetrics
 from segflow.networks import ADMConcatUNet
@@ -25,11 +25,11 @@ from conftest import TINY, assert_learned, run_dirs, run_entry
 # (2e-4, for 22 M parameters) leaves the x1 estimate of this tiny net empty after 4 steps;
 # 1e-2 makes 4 steps enough for a mask (test Dice ~0.3, AUC ~0.8).
 FLOW_TINY = [t for t in TINY if not t.startswith("model.net.")] + [
-    "model=flow", "trainer=debug", "trainer.max_epochs=2", "model.net.model_channels=8",
+    "model=flow", "debug=default", "trainer.max_epochs=2", "model.net.model_channels=8",
     "model.net.channel_mult=[1,2]", "model.net.num_blocks=1", "model.net.attn_resolutions=[16]",
     "model.net.image_size=32", "model.net.num_head_channels=8", "model.method.steps=2",
     "model.method.n_samples=2", "model.ema_decay=0.9", "model.learning_rate=1e-2", "model.log_image_names=[0006.png]",
-    "debug.sampling.n_samples=2",  # trainer=debug caps the ensemble at 1; 2 for the uncertainty
+    "debug.sampling.n_samples=2",  # debug=default caps the ensemble at 1; 2 for the uncertainty
 ]
 
 

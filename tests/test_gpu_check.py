@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from segflow.bench import check_steps as gpu_check
-from segflow.cli.gpu_check import main
+from segflow.bench.gpu_check import main
 
 
 def test_gpu_check_dry_run_composes_every_step(tmp_path):

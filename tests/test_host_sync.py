@@ -12,8 +12,8 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from segflow.callbacks.ema import EMAModel, ema_decay_at
-from segflow.callbacks.resume import InterruptCheckpoint
+from segflow.engine.callbacks.ema import EMAModel, ema_decay_at
+from segflow.engine.callbacks.resume import InterruptCheckpoint
 
 
 @contextlib.contextmanager

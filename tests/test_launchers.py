@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segflow.distributed import env_global_rank
+from segflow.engine.distributed import env_global_rank
 
 from conftest import CONF, assert_learned, run_dirs
 
@@ -104,7 +104,7 @@ def test_make_train_bg_detaches_and_logs_inside_the_run_folder(workdir):
 
     env = {**os.environ, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
            "SEGFLOW_DATA_DIR": str(workdir / "data"), "PY": sys.executable}
-    args = " ".join([*TINY, "trainer=debug", "trainer.max_epochs=2"])
+    args = " ".join([*TINY, "debug=default", "trainer.max_epochs=2"])
     out = subprocess.run(["make", "-s", "-C", str(ROOT), "train", "BG=1", f"ARGS={args}"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -140,7 +140,7 @@ def test_sigusr1_under_slurm_saves_a_checkpoint_and_requeues(workdir):
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_NTASKS": "1",
            "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "segflow", "SLURM_PROCID": "0",
            "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1"}
-    args = [*TINY, "trainer=debug", "launcher=slurm", "trainer.accelerator=cpu",
+    args = [*TINY, "debug=default", "launcher=slurm", "trainer.accelerator=cpu",
             "trainer.max_epochs=3", "+callbacks.usr1._target_=tests.probes.SignalAt",
             f"+callbacks.usr1.signum={int(signal.SIGUSR1)}", "+callbacks.usr1.step=3"]
     proc = run_entry("segflow.train", args, workdir, env=env)

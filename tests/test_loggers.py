@@ -37,7 +37,7 @@ def test_mlflow_run_in_a_local_store(train, workdir):
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed")
 def test_a_logger_without_its_package_says_what_to_install(workdir):
-    proc = run_entry("segflow.train", ["logger=wandb", "trainer=debug"], workdir)
+    proc = run_entry("segflow.train", ["logger=wandb", "debug=default"], workdir)
     assert proc.returncode != 0
     err = proc.stdout + proc.stderr
     assert "pip install 'segflow[wandb]'" in err and "Traceback" not in err

@@ -62,5 +62,5 @@ def test_compare_passes_seeds_and_refuses_an_empty_model_list(tmp_path):
     assert "-m segflow.compare --data dca1 --models unet,csnet,medsegdiff_small,flow_small --seeds 0,1,2" in line
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PY")}
     proc = subprocess.run(["make", "--no-print-directory", "-C", str(tmp_path), "compare", "MODELS=",
-                           "ARGS=trainer=debug"], capture_output=True, text=True, timeout=30, env=env)
+                           "ARGS=debug=default"], capture_output=True, text=True, timeout=30, env=env)
     assert proc.returncode != 0 and "MODELS is empty" in proc.stdout + proc.stderr

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from toy_generative import ToyDenoiser, ToyFlow
 
-from segflow.lit_module import SegModule
+from segflow.engine.module import SegModule
 from segflow.methods import Supervised
 from segflow.methods.base import GenerativeMethod
 from segflow.networks import UNet

@@ -11,9 +11,9 @@ from hydra import compose, initialize_config_dir
 from nbclient import NotebookClient
 from omegaconf import OmegaConf
 
-from segflow.cli.overrides import open_key_overrides
-from segflow.evaluation import evaluate
-from segflow.reporting import write_report
+from segflow.engine.evaluation import evaluate
+from segflow.infra.commands import open_key_overrides
+from segflow.reports.tables import write_report
 
 from conftest import CONF, ROOT, run_dirs, run_entry
 

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from test_config import _hydra  # noqa: F401 - the same autouse Hydra context
 
 from segflow.bench.training import bench_training
-from segflow.optim import build_optimizer, param_groups, warmup_schedule
+from segflow.engine.optim import build_optimizer, param_groups, warmup_schedule
 
 
 def configured(overrides: list[str], total: int = 40):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from segflow.cli.overrides import open_key_overrides
-from segflow.errors import DataError
-from segflow.prediction import predict_folder
+from segflow.inference.prediction import predict_folder
+from segflow.infra.commands import open_key_overrides
+from segflow.infra.errors import DataError
 
 from conftest import CONF, run_entry
 

@@ -14,7 +14,7 @@ import pytest
 from segflow.data.datasets import load_split
 from segflow.data.prepare.adapters import find_pairs
 from segflow.data.prepare.layout import check, prepare
-from segflow.errors import DataError
+from segflow.infra.errors import DataError
 
 
 def _png(path: Path, arr: np.ndarray) -> Path:

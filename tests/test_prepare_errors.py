@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from segflow.cli.prepare import main as prepare_main
 from segflow.data.io import read_image
 from segflow.data.prepare.layout import prepare
-from segflow.errors import DataError
+from segflow.infra.errors import DataError
+from segflow.prepare import main as prepare_main
 
 
 def _png(path: Path, arr: np.ndarray) -> Path:

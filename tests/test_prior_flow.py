@@ -8,10 +8,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from segflow.errors import ConfigError
+from segflow.infra.errors import ConfigError
 from segflow.methods import Diffusion, FlowMatching, PriorFlowMatching, Supervised
+from segflow.methods.flow.prior import SupervisedPrior
 from segflow.networks import Denoiser
 from segflow.networks.base import SegNet
+from segflow.runs.checkpoints import load_prior
 
 from conftest import TINY, run_dirs, run_entry
 
@@ -47,9 +49,9 @@ class _Prior(SegNet):
 
 
 def _prior_flow(monkeypatch, **kw) -> PriorFlowMatching:
-    prior = _Prior().eval()
-    monkeypatch.setattr(PriorFlowMatching, "_load_prior", staticmethod(lambda run: (prior, Supervised())))
-    return PriorFlowMatching(prior_run="stub", prediction="x1", parameterization="logit", **kw)
+    prior = SupervisedPrior(_Prior().eval(), Supervised())
+    return PriorFlowMatching(prior=prior, prior_run="stub", prediction="x1",
+                             parameterization="logit", **kw)
 
 
 def test_temperature_scales_the_starting_noise_and_zero_collapses_the_ensemble():
@@ -112,21 +114,25 @@ def test_prior_is_frozen_runs_in_eval_mode_and_the_flow_trains_on_its_source(mon
 
 def test_prior_run_mistakes_are_one_sentence(tmp_path):
     with pytest.raises(ConfigError, match="prior_run is not set"):
-        PriorFlowMatching(prior_run=None)
+        load_prior(None)
     with pytest.raises(ConfigError, match=r"prior_run=.*nope does not exist"):
-        PriorFlowMatching(prior_run=str(tmp_path / "nope"))
+        load_prior(str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="not a built supervised prior"):
+        PriorFlowMatching(prior=None, prior_run="x")
+    with pytest.raises(ConfigError, match="is a generative run"):
+        SupervisedPrior(nn.Identity(), FlowMatching(), source="gen")
 
 
 def test_prior_flow_trains_and_evaluates_from_a_supervised_run(tmp_path):
     """CLI: a CS-Net run, then flow_prior_small on it; eval of the flow run counts the
     prior's pass; a generative run as the prior is refused."""
     (tmp_path / "outputs").mkdir()
-    sup = run_entry("segflow.train", [*TINY, "trainer=debug", "model=csnet",
+    sup = run_entry("segflow.train", [*TINY, "debug=default", "model=csnet",
                                       "experiment_name=sup"], tmp_path)
     assert sup.returncode == 0, sup.stdout[-2000:] + sup.stderr[-3000:]
     (prior_run,) = [r for r in run_dirs(tmp_path) if r.parent.name == "sup"]
     flow_tiny = [t for t in TINY if not t.startswith("model.net.")] + [
-        "trainer=debug", "model=flow_prior_small", "model.net.model_channels=8",
+        "debug=default", "model=flow_prior_small", "model.net.model_channels=8",
         "model.net.channel_mult=[1,2]", "model.net.image_size=32", "model.net.num_head_channels=8",
         "model.method.steps=2", f"model.method.prior_run={prior_run}", "experiment_name=pri"]
     proc = run_entry("segflow.train", flow_tiny, tmp_path)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
+from segflow.bench.profile import main
 from segflow.bench.profiling import category
-from segflow.cli.profile import main
 
 
 def test_operators_fall_into_their_categories():
@@ -39,5 +39,5 @@ def test_profile_of_a_flow_step_with_attention(tmp_path, capsys):
 
 def test_an_unknown_preset_is_one_clear_line(tmp_path, capsys):
     assert main(["model=nosuchpreset", "--device", "cpu", "--out", str(tmp_path)]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "nosuchpreset" in out and "Traceback" not in out

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from segflow.data.synthetic import ensure_synthetic
+from segflow.infra.progress import sampling_progress
 from segflow.methods.flow.solvers import solve
-from segflow.progress import sampling_progress
 
 
 def test_synthetic_generation_shows_a_bar(tmp_path, monkeypatch, capfd):

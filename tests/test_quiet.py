@@ -1,4 +1,4 @@
-"""Known-harmless library messages are silenced at one place (segflow.quiet), by name; a
+"""Known-harmless library messages are silenced at one place (segflow.infra.quiet), by name; a
 debug run's logs hold no warning lines, and a real warning still shows."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from segflow import quiet
+from segflow.infra import quiet
 
 from conftest import TOY_ENV, run_entry
 
@@ -20,7 +20,7 @@ def test_debug_runs_of_an_ema_model_log_no_warnings(tiny_runs):
     log = (run / "train.log").read_text()
     assert "test:" in log and _warning_lines(log) == []
     before = set((run / "eval" / "logs").rglob("eval.log"))  # the shared toy run: other tests evaluate it too
-    proc = run_entry("segflow.eval", [f"run_dir={run}", "trainer=debug"], tiny_runs.workdir,
+    proc = run_entry("segflow.eval", [f"run_dir={run}", "debug=default"], tiny_runs.workdir,
                      env=TOY_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (eval_log,) = set((run / "eval" / "logs").rglob("eval.log")) - before

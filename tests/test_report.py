@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import yaml
 
-from segflow.cli.report import main
-from segflow.report_html import error_map, short_labels
-from segflow.reporting import write_report
-from segflow.runs.folders import find_runs
+from segflow.report import main
+from segflow.reports.html import error_map, short_labels
+from segflow.reports.tables import write_report
+from segflow.runs.layout import find_runs
 
 from conftest import ROOT, assert_learned
 
@@ -144,7 +144,7 @@ def test_error_map_colours_and_short_labels(tmp_path):
 
 
 def test_training_curves_from_a_csv_log(tmp_path):
-    from segflow.report_html import plot_curves, read_scalars
+    from segflow.reports.html import plot_curves, read_scalars
 
     run = tmp_path / "run"
     (run / "csv").mkdir(parents=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from segflow.errors import ConfigError
+from segflow.infra.errors import ConfigError
 from segflow.runs.auto_resume import find_last_checkpoint, fingerprint, resolve_resume
 
 # Three epochs of two steps; gradient noise from the global RNG (like a generative loss).
@@ -72,8 +72,8 @@ def test_ctrl_c_writes_last_ckpt_at_the_current_step(train):
 
 
 def test_cuda_oom_names_the_memory_keys(monkeypatch):
-    from segflow.errors import OutOfMemoryAdvice
-    from segflow.training import _stop_cleanly
+    from segflow.engine.training import _stop_cleanly
+    from segflow.infra.errors import OutOfMemoryAdvice
 
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cfg = OmegaConf.create({"data": {"train_bs": 4, "num_samples_per_image": 8, "image_size": 256},

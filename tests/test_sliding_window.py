@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from segflow.inference import (
+from segflow.engine.module import SegModule
+from segflow.inference.window import (
     check_inference,
     gaussian_weight,
     predict_image,
@@ -15,7 +16,6 @@ from segflow.inference import (
     predict_whole,
     tile_starts,
 )
-from segflow.lit_module import SegModule
 from segflow.methods import Supervised
 from segflow.methods.base import GenerativeMethod
 from segflow.networks import CSNet

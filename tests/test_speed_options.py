@@ -10,11 +10,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from segflow.errors import ConfigError
-from segflow.lit_module import SegModule, compile_options
+from segflow.engine.module import SegModule, compile_options
+from segflow.infra.errors import ConfigError
+from segflow.infra.validate import validate_train
 from segflow.methods import Supervised
 from segflow.networks import UNet
-from segflow.validate import validate_train
 
 from conftest import CONF
 
@@ -56,7 +56,7 @@ def test_channels_last_weights_and_batches_same_loss():
 def test_fused_optimizer_only_on_cuda():
     module = _module(fused_optimizer=True)
     opt = module.optimizer_factory  # configure_optimizers needs a trainer; build as it does
-    from segflow.optim import build_optimizer
+    from segflow.engine.optim import build_optimizer
 
     built = build_optimizer(opt, module.net, module.fused_optimizer)
     assert isinstance(built, torch.optim.AdamW) and not built.defaults.get("fused")

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from segflow.callbacks import LoaderWait, TimeToDice
+from segflow.engine.callbacks import LoaderWait, TimeToDice
 
 
 def _trainer(dice: float, step: int, sanity: bool = False) -> SimpleNamespace:

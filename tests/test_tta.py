@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from segflow.inference import dihedral, dihedral_inverse, predict_image
+from segflow.inference.window import dihedral, dihedral_inverse, predict_image
 from segflow.methods import Supervised
 from segflow.networks.base import SegNet
 

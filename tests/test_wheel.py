@@ -71,7 +71,7 @@ def test_wheel_installs_and_runs_from_outside_the_repository(tmp_path):
                PATH=f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}", HYDRA_FULL_ERROR="0")
     where = _run([str(py), "-c", "import segflow; print(segflow.__file__)"], work, env).stdout
     assert where.strip().startswith(str(site)), where  # the wheel's copy, not the repository's
-    _run([str(env_dir / "bin" / "segflow-train"), *TINY, "trainer=debug",
+    _run([str(env_dir / "bin" / "segflow-train"), *TINY, "debug=default",
           "trainer.max_epochs=1", "experiment_name=wheel"], work, env)
     (run,) = [p.parent for p in (work / "outputs").rglob(".hydra")]
     assert (run / "metrics.json").is_file()

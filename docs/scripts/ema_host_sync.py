@@ -14,7 +14,7 @@ import time
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from segflow.callbacks.ema import EMAModel
+from segflow.engine.callbacks.ema import EMAModel
 from segflow.methods.supervised import Supervised
 from segflow.networks import UNet
 

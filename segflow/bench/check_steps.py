@@ -40,8 +40,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segflow.atomic import write_json, write_text
-from segflow.runs.folders import output_root
+from segflow.infra.atomic import write_json, write_text
+from segflow.runs.layout import Layout, RunFolder
+from segflow.runs.records import RunRecord
 
 #: Common overrides of the training steps: no TensorBoard images, CSV metrics only.
 TRAIN_COMMON = ["logger=csv", "model.log_image_enabled=false",
@@ -150,10 +151,10 @@ def ensure_drive() -> str | None:
 
 
 def _train_result(folder: Path) -> dict[str, Any]:
-    metrics = folder / "metrics.json"
-    if not metrics.is_file():
+    record = RunRecord.read(folder, strict=False) if RunFolder(folder).metrics.is_file() else None
+    if record is None:
         return {}
-    m = json.loads(metrics.read_text())
+    m = record.as_dict()
     steps, secs = m.get("global_step") or 0, m.get("fit_seconds") or 0
     out = {"global_step": steps, "fit_seconds": secs,
            "steps_per_s": round(steps / secs, 2) if secs else None,
@@ -346,8 +347,7 @@ def run_check(steps: list[Step], out: str | Path | None = None, dry_run: bool = 
     import pytorch_lightning as pl
     import torch
 
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    out = Path(out or output_root() / "gpu_check" / stamp).resolve()
+    out = Path(out or Layout.at().tool("gpu_check")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if not dry_run and not torch.cuda.is_available():
         print("gpu-check needs a CUDA GPU (none is visible); --dry-run composes the configs",
@@ -355,7 +355,7 @@ def run_check(steps: list[Step], out: str | Path | None = None, dry_run: bool = 
         return 2
     device = (f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
               if torch.cuda.is_available() else "cpu (dry run)")
-    meta = {"time": stamp, "device": device, "torch": torch.__version__,
+    meta = {"time": out.name, "device": device, "torch": torch.__version__,
             "lightning": pl.__version__, "dry_run": bool(dry_run)}
     run_steps(steps, out, dry_run)
     bench_rows = [{"step": s.name, **r} for s in steps for r in s.result.get("train_rows", [])]

@@ -37,8 +37,8 @@ def check_model(name: str, overrides: list[str], kernels: list[str], device: tor
                 size: int, batch: int, precision: str) -> dict[str, Any]:
     """One preset: ``ok`` (a step ran on ``kernels``), the attention operators seen, the
     host syncs counted in a second step (CUDA), or ``error`` (the fallback refused)."""
-    from segflow import optim
     from segflow.bench.profiling import build
+    from segflow.engine import optim
 
     result: dict[str, Any] = {"model": name, "kernels": kernels, "size": size, "batch": batch,
                               "precision": precision, "ok": False}
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; exit status 1 when any model's attention fell back (or failed)."""
     args = parse_args(argv)
     from segflow.conf.resolvers import register_resolvers
-    from segflow.inference import resolve_device
+    from segflow.inference.window import resolve_device
 
     register_resolvers()
     kernels = args.kernels

@@ -93,7 +93,7 @@ def compose_preset(name: str, data_channels: int = 1, overrides: Mapping[str, An
 
 
 def build_preset(cfg: DictConfig):
-    """Instantiate ``cfg.model`` (a :class:`~segflow.lit_module.SegModule`)."""
+    """Instantiate ``cfg.model`` (a :class:`~segflow.engine.module.SegModule`)."""
     return instantiate(cfg.model)
 
 

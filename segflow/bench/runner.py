@@ -27,8 +27,8 @@ from segflow.bench.sampling import bench_sampling, ratio_table
 from segflow.bench.tables import to_markdown, write
 from segflow.bench.timing import autocast_dtype, device_name
 from segflow.bench.training import bench_training
-from segflow.errors import ConfigError
-from segflow.inference import resolve_device
+from segflow.inference.window import resolve_device
+from segflow.infra.errors import ConfigError
 
 log = logging.getLogger("segflow.bench")
 

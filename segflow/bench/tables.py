@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from segflow.atomic import write_text
+from segflow.infra.atomic import write_text
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

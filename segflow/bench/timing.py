@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from segflow.errors import ConfigError
+from segflow.infra.errors import ConfigError
 
 # Lightning's precision names → autocast dtype (None: plain float32).
 PRECISIONS: dict[str, torch.dtype | None] = {

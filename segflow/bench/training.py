@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from segflow import optim
 from segflow.bench.timing import (
     Row,
     autocast,
@@ -19,7 +18,8 @@ from segflow.bench.timing import (
     reset_peak_memory,
     stopwatch,
 )
-from segflow.callbacks.ema import EMAModel
+from segflow.engine import optim
+from segflow.engine.callbacks.ema import EMAModel
 from segflow.methods.base import Method
 
 
@@ -87,13 +87,13 @@ def bench_training(name: str, net: nn.Module, method: Method, *, image_size: int
                    seed: int = 0, ema_decay: float | None = None, variant: str = "") -> TrainCase:
     """Time ``steps`` optimiser steps (loss, backward, optimiser and LR-schedule step) on
     a fixed synthetic batch, with the run's ``model.optimizer`` / ``model.scheduler``
-    (built as training builds them, :mod:`segflow.optim`; None: SegModule's defaults).
+    (built as training builds them, :mod:`segflow.engine.optim`; None: SegModule's defaults).
     ``fused_adamw`` asks the fused CUDA kernel of optimisers that have one. ``variant``
     labels the row (``train.variants``).
 
     No data loading and no Lightning loop: this is the model's compute cost; the loader
     has its own benchmark. With ``ema_decay`` each step also updates a weight EMA
-    (:class:`segflow.callbacks.ema.EMAModel`, what ``model.ema_decay`` adds to training). The network is deep-copied so cases do not share weights or
+    (:class:`segflow.engine.callbacks.ema.EMAModel`, what ``model.ema_decay`` adds to training). The network is deep-copied so cases do not share weights or
     compiled graphs.
 
     Returns:

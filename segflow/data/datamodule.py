@@ -25,7 +25,7 @@ from segflow.data.intensity import check_intensity
 from segflow.data.preprocess import Preprocess
 from segflow.data.synthetic import ensure_synthetic
 from segflow.data.transforms import build_train_transform
-from segflow.errors import DataError
+from segflow.infra.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
     iteration starts (without it, :meth:`set_epoch` sets it); ``started_epoch`` records
     it. Lightning creates the first iterator before it restores a checkpoint's epoch, and
     DataLoader workers prefetch at once, so after a resume that iterator is for epoch 0:
-    :class:`segflow.callbacks.ExactResume` sees the stale ``started_epoch`` and restarts it.
+    :class:`segflow.engine.callbacks.ExactResume` sees the stale ``started_epoch`` and restarts it.
     """
 
     def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1,
@@ -134,7 +134,7 @@ class SegDataModule(pl.LightningDataModule):
         inference: how the model predicts whole images (tile size, overlap, largest
             whole image): not used by the datamodule itself; the training config hands it
             to the model (``model.inference: ${data.inference}``), so each dataset can say
-            when its images need a sliding window. See :func:`segflow.inference.predict_image`.
+            when its images need a sliding window. See :func:`segflow.inference.window.predict_image`.
         val_fraction, split_seed: the held-out split when there is no val folder.
         synthetic: when set, ``{kind, seed, image_size, n_train, n_val, n_test, options}``
             of a procedural dataset written once to ``root`` (see ``segflow.data.synthetic``).
@@ -142,7 +142,7 @@ class SegDataModule(pl.LightningDataModule):
             :class:`EpochSampler`); ``segflow.train`` passes the run's ``seed``. None: the
             torch seed when the loader is built (``seed_everything`` sets it).
         eval_crop: validate and test on the central ``eval_crop`` px square of each image
-            only (``trainer=debug`` sets it); None = whole images.
+            only (``debug=default`` sets it); None = whole images.
     """
 
     def __init__(self, name: str = "folder", root: str | None = None, train_dir: str | None = None,

@@ -1,7 +1,7 @@
 """Folder datasets: ``<split_dir>/{image,label[,fov]}/`` pairs matched by file stem.
 
 Everything is decoded once at set-up (in the main process, so bad files raise a
-clear :class:`~segflow.errors.DataError` there, never inside a worker) and kept in memory.
+clear :class:`~segflow.infra.errors.DataError` there, never inside a worker) and kept in memory.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from segflow.data.io import IMAGE_EXTS, list_images, read_image, read_mask, require_pairs
 from segflow.data.preprocess import normalise
-from segflow.errors import DataError
+from segflow.infra.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class WholeImageDataset(Dataset):
         s = self.samples[index]
         valid = s.fov if s.fov is not None else np.ones(s.image.shape[:2], np.uint8)
         image, mask = s.image, s.mask
-        if self.crop:  # the central crop x crop (smoke checks: trainer=debug)
+        if self.crop:  # the central crop x crop (smoke checks: debug=default)
             image, mask, valid = (None if a is None else center_crop(a, self.crop)
                                   for a in (image, mask, valid))
         out: dict[str, Any] = _to_tensors(image, mask, valid, self.mean, self.std)

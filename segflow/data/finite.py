@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from segflow.errors import DataError
+from segflow.infra.errors import DataError
 
 
 def finite_problem(array: Any) -> str | None:

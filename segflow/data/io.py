@@ -11,7 +11,7 @@ import numpy as np
 
 from segflow.data.finite import check_finite_image
 from segflow.data.strict import imread_strict
-from segflow.errors import ConfigError, DataError
+from segflow.infra.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

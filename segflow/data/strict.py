@@ -3,7 +3,7 @@
 OpenCV decodes a truncated JPEG without failing: libjpeg prints "Premature end of JPEG
 file" (or "Corrupt JPEG data: ...") on the process's standard error, which names no file,
 and the missing rows come back as a constant. Here JPEG files are decoded with that
-output captured, and any libjpeg warning becomes a :class:`~segflow.errors.DataError`
+output captured, and any libjpeg warning becomes a :class:`~segflow.infra.errors.DataError`
 naming the file and quoting the warning. PNG files must end with their ``IEND`` chunk
 (a truncated PNG does not); libpng's own errors already make OpenCV return nothing.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segflow.errors import DataError
+from segflow.infra.errors import DataError
 
 JPEG_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

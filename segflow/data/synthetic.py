@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segflow.progress import counter
+from segflow.infra.progress import counter
 
 log = logging.getLogger(__name__)
 

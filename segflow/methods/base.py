@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from segflow.errors import NetworkMismatchError
+from segflow.infra.errors import NetworkMismatchError
 from segflow.methods.losses import (
     bce_loss,
     masked_bce_on_probs,
@@ -86,7 +86,7 @@ class Method(nn.Module, ABC):
     net_type: ClassVar[type[nn.Module]] = nn.Module
     sampling_keys: ClassVar[tuple[str, ...]] = ("tta",)
     #: Test-time augmentation: passes over the image's flips / quarter turns whose
-    #: probabilities are averaged (:func:`segflow.inference.predict_image`); 1 = none.
+    #: probabilities are averaged (:func:`segflow.inference.window.predict_image`); 1 = none.
     tta: int = 1
     #: Whether the method samples (starting noise, steps, an ensemble) rather than predicting
     #: in one pass; benchmarks and the comparison ask this, never the class.

@@ -129,7 +129,7 @@ class ADMConcatUNet(Denoiser):
         h_in, w_in = x_t.shape[-2:]
         if h_in % self.size_multiple or w_in % self.size_multiple:
             raise ValueError(f"ADMConcatUNet needs H, W divisible by {self.size_multiple}, "
-                             f"got {h_in}x{w_in} (pad the input; segflow.inference does)")
+                             f"got {h_in}x{w_in} (pad the input; segflow.inference.window does)")
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
         emb = self.time_embed(t)

@@ -1,6 +1,6 @@
 """Run machinery shared by the commands (``train``, ``eval``, ``predict``, ``report``):
 
-* :mod:`~segflow.runs.folders`: the output root, run folders claimed atomically, finding
+* :mod:`~segflow.runs.layout`: the output root, run folders claimed atomically, finding
   the runs under a folder;
 * :mod:`~segflow.runs.checkpoints`: find a run's checkpoint and rebuild its model
   (:func:`~segflow.runs.checkpoints.load_model`, the one loader);

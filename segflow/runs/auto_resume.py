@@ -26,9 +26,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from segflow.atomic import checkpoint_problem
-from segflow.errors import ConfigError
+from segflow.infra.atomic import checkpoint_problem
+from segflow.infra.errors import ConfigError
 from segflow.runs.failed import failed_reason
+from segflow.runs.layout import Layout, run_folder
+from segflow.runs.records import read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -72,28 +74,13 @@ def fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _run_config(run_dir: Path) -> DictConfig | None:
-    path = run_dir / ".hydra" / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as exc:  # a half-written or foreign file: not a candidate
-        log.debug("skipping %s: %s", path, exc)
-        return None
-    return cfg if isinstance(cfg, DictConfig) else None
-
-
 def find_last_checkpoint(output_root: str | Path, experiment_name: str, fp: str) -> Path | None:
     """The newest ``checkpoints/last.ckpt`` under ``output_root`` (single runs and multirun
     jobs) whose run has this ``experiment_name`` and fingerprint ``fp``; None if none."""
-    root = Path(output_root)
     candidates: list[tuple[float, Path]] = []
-    found = [*root.glob("runs/*/*/checkpoints/last.ckpt"), *root.glob("runs/*/*/hpc_ckpt_*.ckpt"),
-             *root.glob("multirun/**/checkpoints/last.ckpt"), *root.glob("multirun/**/hpc_ckpt_*.ckpt")]
-    for ckpt in found:
-        run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        cfg = _run_config(run_dir)
+    for ckpt in Layout.at(output_root).resumable():
+        run_dir = run_folder(ckpt)
+        cfg = read_run_config(run_dir)
         if cfg is None or cfg.get("experiment_name") is None:
             continue
         try:
@@ -106,7 +93,7 @@ def find_last_checkpoint(output_root: str | Path, experiment_name: str, fp: str)
     for _, ckpt in sorted(candidates, reverse=True):  # newest intact one
         problem = checkpoint_problem(ckpt)
         if problem is None:
-            reason = failed_reason(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+            reason = failed_reason(run_folder(ckpt))
             if reason is not None:
                 log.info("resume=auto: the run of %s is marked FAILED (%s); its checkpoint was "
                          "written whole before that", ckpt, reason)

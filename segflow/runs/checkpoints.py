@@ -12,8 +12,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from segflow.atomic import torch_load_checked
-from segflow.errors import ConfigError, find_user_error
+from segflow.infra.atomic import torch_load_checked
+from segflow.infra.errors import ConfigError, find_user_error
+from segflow.runs.layout import RunFolder
+from segflow.runs.records import upgrade_targets
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,10 @@ def checkpoint_path(path: str | Path, which: str = "best") -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    candidates = [path / "checkpoints" / f"{which}.ckpt", path / f"{which}.ckpt"]
+    run = RunFolder(path)
+    candidates = [run.checkpoint(which), path / f"{which}.ckpt"]
     if which == "best":
-        candidates.append(path / "checkpoints" / "last.ckpt")
+        candidates.append(run.checkpoint("last"))
     for c in candidates:
         if c.is_file():
             return c
@@ -55,7 +58,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_model(path: str | Path, which: str = "best", weights: str = "ema",
                overrides: dict[str, Any] | None = None) -> tuple[Any, DictConfig, dict[str, Any]]:
-    """Rebuild a trained :class:`~segflow.lit_module.SegModule` from a checkpoint or run folder.
+    """Rebuild a trained :class:`~segflow.engine.module.SegModule` from a checkpoint or run folder.
 
     The network and method are rebuilt from the resolved config stored in the checkpoint
     (no pickled modules), then the weights are loaded; the file is read once.
@@ -81,7 +84,7 @@ def load_model(path: str | Path, which: str = "best", weights: str = "ema",
     ckpt = load_checkpoint(ckpt_file)
     if "segflow_config" not in ckpt:
         raise ConfigError(f"{ckpt_file} has no segflow config (not written by segflow.train?)")
-    cfg = OmegaConf.create(ckpt["segflow_config"])
+    cfg = OmegaConf.create(upgrade_targets(ckpt["segflow_config"]))  # older module paths too
     overrides = dict(overrides or {})
     for key, value in overrides.items():
         OmegaConf.update(cfg.model, key, value, merge=True)
@@ -126,3 +129,21 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     for k, v in d.items():
         out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
+
+
+def load_prior(run: str | Path | None):
+    """The supervised prior of a refinement model (``model.method.prior``): the network and
+    method of the trained run ``run``, built here so that ``segflow.methods`` never loads runs.
+
+    Raises:
+        ConfigError: ``run`` unset or missing, or a generative run.
+    """
+    from segflow.methods.flow.prior import PRIOR_FIX, SupervisedPrior
+
+    if not run:
+        raise ConfigError(f"model.method.prior_run is not set; {PRIOR_FIX}")
+    path = Path(str(run)).expanduser()
+    if not path.exists():
+        raise ConfigError(f"model.method.prior_run={run} does not exist; {PRIOR_FIX}")
+    module, _, _ = load_model(path)
+    return SupervisedPrior(module.net, module.method, source=str(run))

@@ -29,8 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from segflow.atomic import write_text
-from segflow.errors import disk_error, find_user_error
+from segflow.infra.atomic import write_text
+from segflow.infra.errors import disk_error, find_user_error
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def failed_run_guard(folder: str | Path | None, *, primary: bool | None = None, 
 @contextmanager
 def failed_claims(kind: str) -> Iterator[None]:
     """Around a command that claims result folders with
-    :func:`segflow.runs.folders.shared_claims` (``kind``: "eval"): when it fails, each folder it
+    :func:`segflow.runs.layout.shared_claims` (``kind``: "eval"): when it fails, each folder it
     claimed is removed if still empty of results, else marked ``FAILED``."""
     key = f"SEGFLOW_CLAIMED_{kind.upper()}"
     before = os.environ.get(key)

@@ -9,7 +9,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from segflow import quiet
+from segflow.infra import quiet
 
 
 def build_many(group: DictConfig | None) -> list[Any]:
@@ -30,4 +30,4 @@ def route_lightning_logs_to_file() -> None:
             lg.removeHandler(h)
         lg.propagate = True
     logging.captureWarnings(True)
-    quiet.install()  # the known-harmless messages, each named in segflow.quiet
+    quiet.install()  # the known-harmless messages, each named in segflow.infra.quiet

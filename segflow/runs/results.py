@@ -1,5 +1,5 @@
 """Writing results: prediction PNGs, CSV / Markdown tables and plots (JSON:
-:func:`segflow.atomic.write_json`).
+:func:`segflow.infra.atomic.write_json`).
 
 Shared by evaluation, prediction and reports (no Lightning, no Hydra here).
 """
@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segflow.atomic import atomic_open
-from segflow.atomic import write_bytes as atomic_write_bytes
+from segflow.infra.atomic import atomic_open
+from segflow.infra.atomic import write_bytes as atomic_write_bytes
+from segflow.runs.layout import prediction_files
 
 if TYPE_CHECKING:  # torch is not needed to write tables (segflow.report stays light)
     from torch import Tensor
@@ -52,10 +53,11 @@ def save_prediction_pngs(folder: Path, stem: str, probs: Tensor, uncertainty: Te
     import cv2
 
     folder.mkdir(parents=True, exist_ok=True)
-    files = [folder / f"{stem}_prob.png", folder / f"{stem}_mask.png"]
+    named = prediction_files(folder, stem)
+    files = [named["prob"], named["mask"]]
     arrays = [to_uint8(probs), to_uint8((probs > threshold).float())]
     if uncertainty is not None:
-        files.append(folder / f"{stem}_uncertainty.png")
+        files.append(named["uncertainty"])
         arrays.append(to_uint8(uncertainty, scale=2.0))
     for path, arr in zip(files, arrays, strict=True):  # atomic: never a half-written PNG
         ok, buf = cv2.imencode(".png", arr)

@@ -1,7 +1,7 @@
 """Native layouts of public vessel datasets → a list of (split, stem, image, label, fov) pairs.
 
 Each adapter only *finds and pairs* files; decoding, validation and writing are done by
-:mod:`segflow.data.prepare.layout`. Adapters raise :class:`~segflow.errors.DataError` naming the
+:mod:`segflow.data.prepare.layout`. Adapters raise :class:`~segflow.infra.errors.DataError` naming the
 file or folder and the fix when the layout is not what the dataset's download contains.
 
 Kinds: ``drive``, ``chase``, ``dca1`` (alias ``angios``: the XCA "Angios" sets, ``N.png``
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from segflow.data.io import IMAGE_EXTS, list_images, require_pairs
-from segflow.errors import DataError
+from segflow.infra.errors import DataError
 
 SPLITS = ("train", "val", "test")
 

@@ -40,8 +40,8 @@ from segflow.data.io import decode_image, read_mask_counted
 from segflow.data.prepare.adapters import ADAPTERS, SPLITS, Found, Pair, find_pairs
 from segflow.data.prepare.fov import DERIVED_FOV, FOV_RULE
 from segflow.data.prepare.ownership import check_dest, inspect_dest, install
-from segflow.errors import DataError
-from segflow.progress import bar
+from segflow.infra.errors import DataError
+from segflow.infra.progress import bar
 
 log = logging.getLogger("segflow.prepare")
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segflow.atomic import write_text
-from segflow.errors import DataError
+from segflow.infra.atomic import write_text
+from segflow.infra.errors import DataError
 
 log = logging.getLogger("segflow.prepare")
 

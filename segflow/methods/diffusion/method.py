@@ -7,6 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from segflow.infra.progress import sampling_steps
 from segflow.methods.base import GenerativeMethod, StepNoise
 from segflow.methods.diffusion.samplers import (
     SAMPLERS,
@@ -24,7 +25,6 @@ from segflow.methods.diffusion.schedule import (
     x0_eps_of,
 )
 from segflow.methods.losses import masked_mean
-from segflow.progress import sampling_steps
 
 
 class Diffusion(GenerativeMethod):

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from segflow.errors import ConfigError
+from segflow.infra.errors import ConfigError
 from segflow.methods.flow.method import FlowMatching
+
+#: What a user does when the prior is missing.
+PRIOR_FIX = ("train a supervised run first (e.g. python -m segflow.train model=csnet ...) and "
+             "pass its folder: model.method.prior_run=outputs/runs/<experiment>/<time>")
+
+
+class SupervisedPrior:
+    """A trained supervised segmenter (network + its method) used as a fixed prior.
+
+    Raises:
+        ConfigError: ``method`` samples (a generative run cannot be the prior).
+    """
+
+    def __init__(self, net: nn.Module, method: nn.Module, source: str | None = None):
+        if getattr(method, "generative", False):
+            raise ConfigError(f"model.method.prior_run={source} is a generative run "
+                              f"({type(method).__name__}); the prior must be a supervised "
+                              f"one (csnet, unet)")
+        self.net, self.method, self.source = net, method, source
 
 
 class PriorFlowMatching(FlowMatching):
@@ -30,13 +48,15 @@ class PriorFlowMatching(FlowMatching):
     segmentation" (2023), with the supervised answer as the first state. ``prior_noise``
     sets how far samples spread around it (the ensemble's uncertainty).
 
-    The prior network is loaded from ``prior_run`` (its best EMA checkpoint) when the method
-    is built, frozen, run in eval mode, and saved with this model's checkpoint
+    The prior is handed in built (:class:`SupervisedPrior`: the config's ``method.prior``,
+    which :func:`segflow.runs.checkpoints.load_prior` loads from ``prior_run``, its best
+    EMA checkpoint); it is frozen, run in eval mode, and saved with this model's checkpoint
     (``method.prior_net.*``). It must see images prepared as this run's (same data
     preset). Its pass counts as one network evaluation per sample in the reported NFE.
 
     Args:
-        prior_run: a supervised run folder (or its ``.ckpt``).
+        prior: the frozen supervised segmenter.
+        prior_run: where ``prior`` came from (recorded; the config builds ``prior`` from it).
         prior_noise: standard deviation of the noise around ``2·p − 1``.
         **flow: :class:`FlowMatching`'s arguments (``prediction="x1"`` recommended).
     """
@@ -44,32 +64,18 @@ class PriorFlowMatching(FlowMatching):
     # Prior passes per sample, counted in the NFE.
     PRIOR_NFE: ClassVar[int] = 1
 
-    def __init__(self, prior_run: str | None = None, prior_noise: float = 0.5, **flow):
+    def __init__(self, prior: SupervisedPrior | None = None, prior_run: str | None = None,
+                 prior_noise: float = 0.5, **flow):
         super().__init__(**flow)
         self.prior_noise = float(prior_noise)
         if self.prior_noise < 0:
             raise ValueError(f"PriorFlowMatching prior_noise must be >= 0, got {prior_noise}")
         self.prior_run = str(prior_run) if prior_run is not None else None
-        net, method = self._load_prior(self.prior_run)
-        self.prior_net, self.prior_method = net.requires_grad_(False).eval(), method
-
-    @staticmethod
-    def _load_prior(prior_run: str | None) -> tuple[nn.Module, nn.Module]:
-        from segflow.runs.checkpoints import load_model  # here: checkpoints import methods
-
-        fix = ("train a supervised run first (e.g. python -m segflow.train model=csnet ...) and "
-               "pass its folder: model.method.prior_run=outputs/runs/<experiment>/<time>")
-        if not prior_run:
-            raise ConfigError(f"model.method.prior_run is not set; {fix}")
-        path = Path(prior_run).expanduser()
-        if not path.exists():
-            raise ConfigError(f"model.method.prior_run={prior_run} does not exist; {fix}")
-        module, _, _ = load_model(path)
-        if getattr(module.method, "generative", False):
-            raise ConfigError(f"model.method.prior_run={prior_run} is a generative run "
-                              f"({type(module.method).__name__}); the prior must be a "
-                              f"supervised one (csnet, unet)")
-        return module.net, module.method
+        if not isinstance(prior, SupervisedPrior):
+            raise ConfigError(f"model.method.prior is {type(prior).__name__}, not a built "
+                              f"supervised prior; {PRIOR_FIX}")
+        self.prior_net = prior.net.requires_grad_(False).eval()
+        self.prior_method = prior.method
 
     @torch.no_grad()
     def prior_probs(self, image: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from segflow.progress import sampling_steps
+from segflow.infra.progress import sampling_steps
 
 VelocityFn = Callable[[Tensor, float], Tensor]
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "heun")

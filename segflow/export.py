@@ -1,0 +1,47 @@
+"""``python -m segflow.export``: a trained run's network as TorchScript or ONNX.
+
+Examples:
+    python -m segflow.export run_dir=outputs/runs/unet_synthetic_xca/<time>
+    python -m segflow.export run_dir=<run> format=onnx          # pip install 'segflow[export]'
+    python -m segflow.export run_dir=<run>/checkpoints/last.ckpt output_dir=exported size=128
+
+Writes ``model.pt`` / ``model.onnx`` and ``export.json`` (inputs, output, preprocessing,
+threshold, and a generative run's method and sampler settings) into ``output_dir``
+(default: a new ``<run>/export/<format>``); see :mod:`segflow.inference.export`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from segflow.conf.resolvers import register_resolvers
+from segflow.inference.export import export_configured
+from segflow.infra.commands import open_key_overrides
+from segflow.infra.config_files import check_config_dirs
+from segflow.infra.errors import command
+from segflow.runs.guards import run_output_guard
+
+log = logging.getLogger("segflow.export")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+def _hydra_main(cfg: DictConfig) -> None:
+    with run_output_guard(cfg, log) as out:  # a failed export leaves no folder of its own
+        export_configured(cfg, out)
+
+
+@command
+def main() -> None:
+    """Entry point (``segflow-export``): ``model.*`` overrides merge into the run's config."""
+    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
+    sys.argv[1:] = open_key_overrides(sys.argv[1:])
+    register_resolvers()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
