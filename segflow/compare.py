@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from segflow.conf.resolvers import register_resolvers
 from segflow.infra.errors import command
 from segflow.reports.compare.pipeline import Comparison, run
 from segflow.reports.compare.protocol import DEFAULT_MODELS
@@ -65,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)
+    register_resolvers()  # the data option is composed to check its test split
     comparison = Comparison(
         data=args.data, models=args.models, seeds=args.seeds,
         nfe=args.nfe, steps=args.steps, samples=args.samples, tta=args.tta,

@@ -237,6 +237,13 @@ class SegDataModule(pl.LightningDataModule):
         if stage in ("fit", None) and not self._splits["train"]:
             raise DataError(f"no training images left in {self.split_dirs['train']}")
 
+    def split_used(self, split: str) -> str:
+        """The split whose images ``split`` really holds: ``"val"`` for the test split of a
+        dataset without a test folder (it falls back to validation), else ``split``."""
+        if split == "test" and self.synthetic is None and not self.split_dirs["test"].exists():
+            return "val"
+        return split
+
     def samples(self, split: str) -> list[Sample]:
         """Decoded samples of a split (``train``, ``val`` or ``test``)."""
         return self._load(split)

@@ -185,7 +185,8 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
             continue
         EvalRecord(
             run_dir=str(run_folder(cfg.run_dir)), model=stored.model.get("name"),
-            data=data_name, split=cfg.split, which=cfg.which, weights=cfg.weights,
+            data=data_name, split=cfg.split, split_used=datamodule.split_used(cfg.split),
+            which=cfg.which, weights=cfg.weights,
             seed=cfg.seed, settings=settings, n_images=len(rows), extra=dict(meta),
             crop=datamodule.eval_crop,  # central square (px) scored; null: whole images
             # where the images and labels are (for notebooks showing predictions beside truth)

@@ -234,7 +234,8 @@ def run_test(cfg: DictConfig, trainer: pl.Trainer, module: Any, datamodule: Any,
     # ddp_spawn tests in other processes: take the logged values it hands back.
     test = module.test_results or {
         k.removeprefix("test/"): float(v) for k, v in (results[0] if results else {}).items()}
-    return {"test_checkpoint": test_ckpt, "test": test, "test_timing": module.timing}
+    return {"test_checkpoint": test_ckpt, "test": test, "test_timing": module.timing,
+            "test_split": datamodule.split_used("test")}  # "val" when there is no test folder
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:

@@ -154,6 +154,9 @@ class EvalRecord:
     model: str | None = None
     data: str | None = None
     split: str | None = None
+    #: The split whose images were scored: "val" when a test split was asked of data
+    #: without a test folder (None: written before this was recorded).
+    split_used: str | None = None
     which: str = "best"
     weights: str = "ema"
     seed: int | None = None

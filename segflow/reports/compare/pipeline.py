@@ -82,6 +82,7 @@ def run(c: Comparison) -> Path:
     if not c.nfe or min(c.nfe) < 1:
         raise ConfigError(f"--nfe {c.nfe}: give NFE budgets >= 1, e.g. --nfe 1,4,8")
     if c.train:
+        P.check_test_split(c.data, c.overrides)  # refused before anything trains
         c.models, c.seeds = c.models or P.DEFAULT_MODELS, c.seeds or "0"
         P.train(c.models, c.data, c.seeds, c.sweep, c.overrides)
     wanted = set(c.models.split(",")) if c.models else None
@@ -133,6 +134,7 @@ def run(c: Comparison) -> Path:
                 P.evaluate(run, "test", grid, passed)
     evals = [ev for run in runs.values() for ev in P.read_evaluations(run, test_sets[run])]
     tests = [ev for ev in evals if ev.test_set != "val"]
+    P.refuse_validation_as_test(tests)
     rows = build_rows(choices, tests, generative, c.n_boot)
     curve = refinement_rows(evals, generative)
     out = c.out or c.layout.comparison(c.sweep)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segflow.infra.errors import ConfigError
+from segflow.infra.errors import ConfigError, DataError
 from segflow.runs.failed import is_failed
 from segflow.runs.layout import Layout, RunFolder
 from segflow.runs.records import EvalRecord, read_run_config, run_model_name
@@ -112,6 +112,7 @@ class Evaluation:
     key: SettingKey
     metrics: dict[str, Any]
     folder: Path
+    split_used: str | None = None  # "val": a test split that fell back to validation
 
     @property
     def nfe(self) -> float:
@@ -139,7 +140,7 @@ def read_evaluations(run: Path, test_sets: dict[str, str]) -> list[Evaluation]:
         else:
             continue
         out.append(Evaluation(run, run_model(run), run_seed(run), ev.split, label,
-                              setting_key(ev.settings), ev.metrics, folder.path))
+                              setting_key(ev.settings), ev.metrics, folder.path, ev.split_used))
     return out
 
 
@@ -184,6 +185,43 @@ def _run(cmd: list[str]) -> None:
     if proc.returncode != 0:
         raise SystemExit(f"error: `{' '.join(cmd)}` failed (exit {proc.returncode}); "
                          "see its message above")
+
+
+def check_test_split(data: str, overrides: list[str]) -> None:
+    """Refuse a data option without a test split before anything trains: its runs would be
+    tested on the validation split, and the table would call validation numbers test numbers.
+
+    Raises:
+        DataError: the composed ``data`` has no test folder (one sentence naming it).
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    keep = [o for o in overrides if o.lstrip("+~").startswith(("data.", "paths."))]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("segflow.conf", version_base="1.3"):
+            cfg = compose("train", overrides=[f"data={data}", *keep])
+    except Exception as exc:  # noqa: BLE001 - Hydra's first line names the option
+        raise ConfigError(f"--data {data}: {str(exc).splitlines()[0]}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    if cfg.data.get("synthetic"):
+        return  # generated with its own test split
+    test = Path(str(cfg.data.get("test_dir") or Path(str(cfg.data.root)) / "test"))
+    if not test.is_dir():
+        raise DataError(f"--data {data}: {test} does not exist; a comparison reports a test "
+                        f"split: prepare one (python -m segflow.prepare ...) or point "
+                        f"data.root / data.test_dir at a folder with a test/ split")
+
+
+def refuse_validation_as_test(evals: list[Evaluation]) -> None:
+    """An evaluation of the test split that scored validation images (data without a test
+    folder) is refused, naming the run."""
+    for ev in evals:
+        if ev.split == "test" and ev.split_used == "val":
+            raise DataError(f"{ev.folder}: the test split of this run's data is its validation "
+                            f"split (no test folder); prepare a test split and evaluate again")
 
 
 def train(models: str, data: str, seeds: str, name: str, overrides: list[str]) -> None:
