@@ -14,8 +14,8 @@ is shared by every seed and does not average away over seeds. The crossed (two-w
 "pigeonhole") bootstrap resamples seeds with replacement and, independently, one set of
 images with replacement that every drawn seed shares, and recomputes the statistic on the
 S × N sub-grid (Owen, "The pigeonhole bootstrap", Ann. Appl. Stat. 1(2), 2007, for crossed
-random effects; Owen shows its variance estimate is mildly conservative, over-counting the
-interaction term, rather than too small). The percentile interval of those replicates is
+random effects; for many rows and columns Owen shows its variance estimate is mildly
+conservative rather than too small). The percentile interval of those replicates is
 the confidence interval (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993,
 ch. 13).
 
