@@ -192,11 +192,12 @@ def _correlation_coverage(x: np.ndarray, y: np.ndarray, rho: float, design: str)
 
 def test_correlation_coverage_of_an_image_dominated_crossed_design():
     """Image effect sd 1, seed effect sd 0.3, noise sd 0.3, r = 0.6 (Spearman ρ = 0.536).
-    600 designs. Measured with this seed: crossed 0.968, nested 0.850 (another seed: 0.942,
-    0.817; 2400 further designs: crossed 0.962, nested 0.828)."""
+    600 designs (the nested form on the first 400). Measured with this seed: crossed 0.968,
+    nested 0.868 (another seed, 600 each: 0.942, 0.817; 2400 further designs: crossed
+    0.962, nested 0.828)."""
     x, y, rho = _correlated(np.random.default_rng(9), 0.3, 1.0, 0.3, 0.6)
     crossed = _correlation_coverage(x, y, rho, "crossed")
-    nested = _correlation_coverage(x, y, rho, "nested")
+    nested = _correlation_coverage(x[:400], y[:400], rho, "nested")  # 400 suffice for < 0.90
     assert 0.90 <= crossed <= 0.98, crossed
     assert nested < 0.90, nested
 
