@@ -18,6 +18,7 @@ from pathlib import Path
 
 from segflow.conf.resolvers import register_resolvers
 from segflow.infra.errors import command
+from segflow.metrics.verdicts import parse_margins
 from segflow.reports.compare.pipeline import Comparison, run
 from segflow.reports.compare.protocol import DEFAULT_MODELS
 
@@ -34,6 +35,13 @@ def _numbers(kind: type) -> callable:
     return parse
 
 
+def _margins(text: str) -> dict[str, float]:
+    try:
+        return parse_margins(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m segflow.compare", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="a data option (conf/data/<name>.yaml)")
@@ -43,6 +51,12 @@ def parser() -> argparse.ArgumentParser:
                    "--report-only: every seed found)")
     p.add_argument("--nfe", type=_numbers(float), default=[1.0, 4.0, 8.0], help="NFE budgets per image: the best val setting "
                    "within each is tested (default 1,4,8)")
+    p.add_argument("--gflops", type=_numbers(float), default=[], help="budgets in counted GFLOPs "
+                   "per image (every pass, TTA view, tile and prior pass), e.g. 3,12,24")
+    p.add_argument("--margin", type=_margins, default={}, help="equivalence margins per metric, e.g. "
+                   "dice=0.01,cldice=0.01,betti0=1 (defaults: docs/compare.md)")
+    p.add_argument("--adjust", choices=["holm"], default=None, help="Holm-adjust the p-values "
+                   "of every comparison in the table")
     p.add_argument("--steps", type=_numbers(int), default=[1, 2, 4, 8], help="val grid of sampling steps (generative)")
     p.add_argument("--samples", type=_numbers(int), default=[1, 4], help="val grid of ensemble sizes (generative)")
     p.add_argument("--tta", type=_numbers(int), default=[1, 2, 4, 8], help="val grid of test-time augmentation passes "
@@ -72,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         nfe=args.nfe, steps=args.steps, samples=args.samples, tta=args.tta,
         also_test=args.also_test, name=args.name, out=args.out, into=args.into,
         train=not (args.report_only or args.skip_train),
-        evaluate=not args.report_only, overrides=args.overrides, refinement=args.refinement)
+        evaluate=not args.report_only, overrides=args.overrides, refinement=args.refinement,
+        gflops=args.gflops, margins=args.margin,
+        adjust=args.adjust)
     run(comparison)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,8 @@ def test_compare_selects_on_val_tests_once_over_seeds_and_sites(workdir):
     page = workdir / "results.md"
     page.write_text("# Results\n\nKept by hand.\n")
     done = run_entry("segflow.compare", [*args, *also, "--report-only", "--out", str(out),
-                                         "--into", str(page)], workdir)
+                                         "--into", str(page), "--adjust", "holm",
+                                         "--margin", "dice=0.02,betti0=2"], workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     report = out / "compare.csv"
     with report.open() as f:
@@ -66,19 +68,30 @@ def test_compare_selects_on_val_tests_once_over_seeds_and_sites(workdir):
     sets = {r["test_set"] for r in rows}
     assert sets == {"synthetic_xca", "folder@other_site"}, sets
     for r in rows:
-        assert r["seeds"] == "2" and float(r["budget"]) in (1.0, 2.0)
+        assert r["seeds"] == "2" and float(r["budget"]) in (1.0, 2.0) and r["budget_unit"] == "NFE"
         assert float(r["nfe_per_image"]) <= float(r["budget"])
         assert 0 <= float(r["dice"]) <= 1 and 0 <= float(r["dice_per_image"]) <= 1
         assert float(r["dice_std"]) >= 0 and r["val_dice"] != ""
+        # cost: counted FLOPs per image, training FLOPs and parameters, the runs' commit
+        assert float(r["gflops_per_image"]) > 0 and float(r["train_pflops"]) > 0
+        assert float(r["params_m"]) > 0 and float(r["fit_minutes"]) >= 0
+        assert re.fullmatch(r"[0-9a-f]{7}|unknown", r["commits"]), r["commits"]
         if r["model"] == "flow_small":  # compared with the reference supervised row
-            assert r["reference"] == "unet" and r["verdict"] in ("better", "tie", "worse")
-            assert float(r["delta_low"]) <= float(r["delta_dice"]) <= float(r["delta_high"])
+            assert r["reference"] == "unet" and r["design"] == "crossed"
+            for m in ("dice", "cldice", "betti0_error", "betti1_error", "ece"):
+                assert r[f"verdict_{m}"] in ("better", "equivalent", "worse", "inconclusive")
+                assert float(r[f"low_{m}"]) <= float(r[f"delta_{m}"]) <= float(r[f"high_{m}"])
+                assert 0 < float(r[f"p_{m}"]) <= float(r[f"p_holm_{m}"]) <= 1
         else:
             assert r["reference"] == "" and r["steps"] == ""
+    # flow_small costs more FLOPs per NFE than U-Net: the FLOPs column is not the NFE column
+    flow, unet = (next(r for r in rows if r["model"] == m and r["budget"] == "1.0"
+                       and r["test_set"] == "synthetic_xca") for m in ("flow_small", "unet"))
+    assert float(flow["gflops_per_image"]) != float(unet["gflops_per_image"])
     budget2 = {r["model"]: r for r in rows if r["test_set"] == "synthetic_xca" and r["budget"] == "2.0"}
     assert set(budget2) == {"unet", "flow_small"}
     # Each chosen setting is what val ranked first within the budget (mean over seeds).
-    run_dirs = sorted((workdir / "outputs" / "multirun" / "compare_synthetic_xca").glob("*/*/metrics.json"))
+    run_dirs = sorted((root / "multirun" / "compare_synthetic_xca").glob("*/*/metrics.json"))
     assert len(run_dirs) == 4
     val_dice: dict[tuple[str, str], list[float]] = {}
     for m in run_dirs:
@@ -99,6 +112,8 @@ def test_compare_selects_on_val_tests_once_over_seeds_and_sites(workdir):
     assert len(tests) == len(chosen) * 2 * 2  # settings x seeds x test sets
     md = report.with_name("compare.md").read_text()
     assert "Commit `" in md and "--seeds 0,1" in md and "± " in md and "95 % CI" in md
+    assert "verdict: equivalent if the 95 % CI" in md and "dice ±0.02" in md and "betti0_error ±2" in md
+    assert "comparisons in this table; p-values Holm-adjusted" in md and "(trained at commit)" in md
     text = page.read_text()  # the page's section holds the same tables; the rest is kept
     assert text.startswith("# Results\n\nKept by hand.") and "<!-- segflow.compare compare_synthetic_xca -->" in text
     assert "**Test set: folder@other_site**" in text and "hardware:" in text
@@ -189,8 +204,11 @@ def test_refinement_rows_follow_the_one_sample_curve_over_common_seeds():
     rows = refinement_rows(evals, {"flow": True, "unet": False})
     assert [r["steps"] for r in rows] == [1, 2, 4]
     assert rows[0]["dice"] == pytest.approx(0.705) and rows[0]["dice_std"] == pytest.approx(0.00707, abs=1e-4)
-    assert rows[1]["change_from_fewer_steps"] == pytest.approx(-0.004)
+    assert rows[1]["change_from_fewest_steps"] == pytest.approx(-0.004)
     assert [r["refines"] for r in rows] == [True, True, False]
+    # A steady fall of 0.004 per step count passes each step but not the whole curve.
+    steady = [ev("flow", "val", k, 1, 0, 0.70 - 0.004 * i) for i, k in enumerate((1, 2, 4, 8))]
+    assert [r["refines"] for r in refinement_rows(steady, {"flow": True})] == [True, True, False, False]
 
 
 def test_side_study_evaluations_are_not_cells_of_the_comparison():

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -179,6 +180,8 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         with sampling_progress():  # a bar for long sampling loops (e.g. 1000-step DDPM)
             trainer.test(module, datamodule=datamodule, verbose=False)
         results, rows = module.test_results, module.test_rows
+        if trainer.global_rank == 0:
+            results = {**results, **image_cost(module, datamodule, cfg.split)}
         summary = {**results, **settings}  # the settings, not the mean n_samples
         summaries.append(summary)
         if trainer.global_rank != 0:
@@ -200,6 +203,23 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     if len(combos) > 1 and trainer.global_rank == 0:
         write_grid(folders[-1], summaries, list(base.sampling_keys))
     return summaries
+
+
+def image_cost(module: Any, datamodule: Any, split: str) -> dict[str, float]:
+    """``gflops_per_image``: counted FLOPs of segmenting the split's first image with the
+    current settings — every step, ensemble member, TTA view, sliding-window tile and prior
+    pass (:func:`segflow.metrics.flops.call_flops`; its own noise, the evaluation's is untouched)."""
+    from segflow.metrics.flops import call_flops
+
+    loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+    image = next(iter(loader))["image"][:1].to(module.device)
+    generator = torch.Generator(device=image.device).manual_seed(0)
+    was = module.training
+    module.eval()
+    try:
+        return {"gflops_per_image": round(call_flops(module, image, generator=generator) / 1e9, 4)}
+    finally:
+        module.train(was)
 
 
 def given_data_name(cfg: DictConfig) -> str | None:

@@ -125,6 +125,8 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     with _stop_cleanly(cfg, trainer, interrupt):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     summary = fit_summary(cfg, trainer, run_dir, fp, ckpt_path, time.time() - start, eff)
+    if trainer.global_rank == 0:
+        summary.update(training_cost(module, datamodule, eff, summary["global_step"]))
     if cfg.get("test_after_fit", True):
         summary.update(run_test(cfg, trainer, module, datamodule, interrupt))
     for lg in trainer.loggers:
@@ -219,6 +221,27 @@ def fit_summary(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path, fp: str,
         if callable(getattr(cb, "run_summary", None)):
             summary.update(cb.run_summary())
     return summary
+
+
+def training_cost(module: Any, datamodule: Any, crops_per_step: int, steps: int
+                  ) -> dict[str, Any]:
+    """Counted training FLOPs (:func:`segflow.metrics.flops.training_step_flops`: forward and
+    backward of one optimiser step of ``crops_per_step`` crops, a prior's forward included)
+    and their total over the run's optimiser steps; parameters of the network (and of a
+    frozen prior the method carries)."""
+    from segflow.metrics.flops import training_step_flops
+
+    size, channels = int(datamodule.image_size), int(module.net.in_channels)
+    try:
+        per_crop = training_step_flops(module.method, module.net, 1, channels, size)
+    except Exception as exc:  # noqa: BLE001 - a cost figure must never fail a finished run
+        log.warning("training FLOPs not counted: %s", exc)
+        return {}
+    prior = getattr(module.method, "prior_net", None)
+    return {"train_gflops_per_step": round(per_crop * crops_per_step / 1e9, 3),
+            "train_pflops": round(per_crop * crops_per_step * steps / 1e15, 6),
+            "params": sum(p.numel() for p in module.net.parameters()),
+            "prior_params": sum(p.numel() for p in prior.parameters()) if prior is not None else 0}
 
 
 def run_test(cfg: DictConfig, trainer: pl.Trainer, module: Any, datamodule: Any,

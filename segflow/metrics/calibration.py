@@ -18,7 +18,9 @@ class CalibrationError(Metric):
 
         ECE = Σ_m (n_m / N) · |mean_p(m) − freq(m)| = Σ_m |Σ p − Σ y|_m / N.
 
-    A perfectly calibrated predictor scores 0. For ensembles p is the ensemble mean.
+    A perfectly calibrated predictor scores 0. For ensembles p is the ensemble mean. After
+    each ``update``, ``last_per_image["ece"]`` holds each image's own ECE (its pixels only),
+    the per-image value paired intervals are drawn from.
     States are per-bin sums, so the DDP reduction is exact. Also reports ``mce`` (the
     largest per-bin gap over non-empty bins).
 
@@ -36,17 +38,27 @@ class CalibrationError(Metric):
         self.n_bins = n_bins
         for name in ("count", "prob_sum", "pos_sum"):
             self.add_state(name, torch.zeros(n_bins, dtype=torch.float64), dist_reduce_fx="sum")
+        self.last_per_image: dict[str, list[float]] = {}
 
     def update(self, probs: Tensor, mask: Tensor, valid: Tensor | None = None) -> None:
         """Args: probs, mask (B, 1, H, W); valid (B, 1, H, W) or None."""
         p = probs.detach().double().clamp(0, 1)
         y = (mask.detach() > 0.5).double()
         keep = torch.ones_like(p, dtype=torch.bool) if valid is None else valid.detach() > 0.5
+        n_img = p.shape[0]
+        image = torch.arange(n_img, device=p.device).view(-1, 1, 1, 1).expand_as(p)[keep]
         p, y = p[keep], y[keep]
         bins = (p * self.n_bins).long().clamp_max(self.n_bins - 1)
-        self.count += torch.bincount(bins, minlength=self.n_bins).double()
-        self.prob_sum += torch.bincount(bins, weights=p, minlength=self.n_bins)
-        self.pos_sum += torch.bincount(bins, weights=y, minlength=self.n_bins)
+        cell = image * self.n_bins + bins  # (image, bin) of each valid pixel
+        size = n_img * self.n_bins
+        count = torch.bincount(cell, minlength=size).double().view(n_img, self.n_bins)
+        prob = torch.bincount(cell, weights=p, minlength=size).view(n_img, self.n_bins)
+        pos = torch.bincount(cell, weights=y, minlength=size).view(n_img, self.n_bins)
+        self.count += count.sum(0)
+        self.prob_sum += prob.sum(0)
+        self.pos_sum += pos.sum(0)
+        per_image = (prob - pos).abs().sum(1) / count.sum(1).clamp_min(1)
+        self.last_per_image = {"ece": per_image.float().tolist()}
 
     def compute(self) -> dict[str, Tensor]:
         gap = (self.prob_sum - self.pos_sum).abs()

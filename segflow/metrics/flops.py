@@ -95,3 +95,30 @@ def image_flops(pass_flops: float, nfe: float = 1, tta: int = 1, tiles: int = 1,
         if not value >= 0:
             raise ValueError(f"{name} must be a non-negative number, got {value}")
     return float(pass_flops * nfe * tta * tiles + prior_flops * prior_passes * tiles)
+
+
+def call_flops(fn, *args, **kwargs) -> float:
+    """Counted FLOPs of any call (a whole prediction: every step, ensemble member, TTA view,
+    sliding-window tile and prior pass it makes), attention on the math kernel, no gradients."""
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn(*args, **kwargs)
+    return float(counter.get_total_flops())
+
+
+def training_step_flops(method: nn.Module, net: nn.Module, batch: int, channels: int,
+                        size: int) -> float:
+    """Counted FLOPs of one optimiser step's forward and backward (``method.loss`` on a
+    batch of ``batch`` crops of ``size`` px, a prior's forward included; the optimiser's
+    update is element-wise and not counted). It runs on copies: the given modules' weights,
+    batch-norm statistics and gradients are untouched."""
+    import copy
+
+    method, net = copy.deepcopy(method), copy.deepcopy(net)
+    param = next(net.parameters())
+    image = torch.zeros(batch, channels, size, size, device=param.device, dtype=param.dtype)
+    mask = torch.zeros(batch, 1, size, size, device=param.device, dtype=param.dtype)
+    mask[..., size // 4: size // 2, :] = 1
+    net.train()
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        method.loss(net, image, mask, None)["loss"].backward()
+    return float(counter.get_total_flops())

@@ -63,7 +63,7 @@ class EvalMetrics(nn.Module):
         Returns:
             one dict of per-image metric values per image of the batch.
         """
-        members: list[Any] = [self.pixel]
+        members: list[Any] = [self.pixel, self.calibration]
         self.pixel.update(probs, mask, valid)
         self.calibration.update(probs, mask, valid)
         self.auc.update(probs, mask, valid)

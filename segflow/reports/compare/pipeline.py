@@ -11,6 +11,7 @@ from segflow.reports.compare import protocol as P
 from segflow.reports.compare.table import (
     build_rows,
     markdown,
+    protocol_notes,
     refinement_markdown,
     refinement_rows,
     update_section,
@@ -18,7 +19,7 @@ from segflow.reports.compare.table import (
     write_report,
 )
 from segflow.runs.layout import Layout, finished_runs
-from segflow.runs.records import commit
+from segflow.runs.records import RunRecord, commit
 
 
 @dataclass
@@ -41,6 +42,9 @@ class Comparison:
     overrides: list[str] = field(default_factory=list)
     n_boot: int = 4000
     refinement: bool = False  # also the one-sample step curve on the own test split
+    gflops: list[float] = field(default_factory=list)  # budgets in counted GFLOPs per image
+    margins: dict[str, float] = field(default_factory=dict)  # equivalence margins (defaults else)
+    adjust: str | None = None  # "holm": Holm-adjusted p-values over the table's comparisons
 
     @property
     def sweep(self) -> str:
@@ -58,6 +62,9 @@ def _command(c: Comparison) -> str:
     parts += [f"--models {c.models}"] if c.models else []
     parts += [f"--seeds {c.seeds}"] if c.seeds else []
     parts += [f"--nfe {','.join(f'{b:g}' for b in c.nfe)}"]
+    parts += [f"--gflops {','.join(f'{b:g}' for b in c.gflops)}"] if c.gflops else []
+    parts += [f"--margin {','.join(f'{k}={v:g}' for k, v in c.margins.items())}"] if c.margins else []
+    parts += [f"--adjust {c.adjust}"] if c.adjust else []
     parts += [f"--also-test {a}" for a in c.also_test]
     parts += ["--refinement"] if c.refinement else []
     return " ".join(parts + c.overrides)
@@ -76,9 +83,28 @@ def _commit() -> str:
     return commit()["sha"][:7]
 
 
+def _run_commit(run: Path) -> str:
+    record = RunRecord.read(run, strict=False)
+    sha = ((record.commit if record is not None else None) or {}).get("sha", "unknown")
+    dirty = ((record.commit if record is not None else None) or {}).get("dirty")
+    return f"`{sha[:7]}`" + (" with uncommitted changes" if dirty else "") if sha != "unknown" else "commit unknown"
+
+
+def _commit_warning(runs) -> str:
+    """A line when the runs were trained at different commits (or some at an unknown one)."""
+    shas = {_run_commit(r) for r in runs}
+    if len(shas) <= 1:
+        return ""
+    print(f"warning: the runs were trained at {len(shas)} different commits: "
+          f"{', '.join(sorted(shas))}", flush=True)
+    return f"\n**The runs come from {len(shas)} commits**: {', '.join(sorted(shas))}.\n"
+
+
 def run(c: Comparison) -> Path:
     """Every stage of the comparison; returns the report folder."""
     also = P.also_test_sets(c.also_test)  # refused before anything runs
+    if c.adjust not in (None, "holm"):
+        raise ConfigError(f"--adjust {c.adjust}: the adjustment offered is holm")
     if not c.nfe or min(c.nfe) < 1:
         raise ConfigError(f"--nfe {c.nfe}: give NFE budgets >= 1, e.g. --nfe 1,4,8")
     if c.train:
@@ -106,6 +132,7 @@ def run(c: Comparison) -> Path:
     val = [ev for run in runs.values() for ev in P.read_evaluations(run, test_sets[run])
            if ev.test_set == "val"]
     choices = P.choose_settings(val, sorted(c.nfe))
+    choices += P.choose_settings(val, sorted(c.gflops), unit="GFLOPs")
     # Stage 3: each chosen setting once on every test set.
     if c.evaluate:
         for (model, _), run in runs.items():
@@ -135,14 +162,18 @@ def run(c: Comparison) -> Path:
     evals = [ev for run in runs.values() for ev in P.read_evaluations(run, test_sets[run])]
     tests = [ev for ev in evals if ev.test_set != "val"]
     P.refuse_validation_as_test(tests)
-    rows = build_rows(choices, tests, generative, c.n_boot)
+    rows = build_rows(choices, tests, generative, c.n_boot, c.margins, c.adjust)
     curve = refinement_rows(evals, generative)
     out = c.out or c.layout.comparison(c.sweep)
     header = (f"# segflow comparison: {c.sweep}\n\nCommit `{_commit()}`; hardware: {hardware()}. "
               f"Command:\n\n"
               f"```bash\n{_command(c)}\n```\n\nSettings chosen on the val split (best mean val "
-              f"Dice over seeds within each NFE budget), then tested once. Runs:\n\n"
-              + "".join(f"- {m} seed {s}: `{_shown(r)}`\n" for (m, s), r in runs.items()))
+              f"Dice over seeds within each budget: NFE per image, or counted GFLOPs per image "
+              f"with every pass, view, tile and prior pass), then tested once. "
+              f"{protocol_notes(rows, c.margins, c.adjust)} Runs (trained at commit):\n\n"
+              + "".join(f"- {m} seed {s}: `{_shown(r)}` ({_run_commit(r)})\n"
+                        for (m, s), r in runs.items())
+              + _commit_warning(runs.values()))
     tables = markdown(rows) + (f"\n{refinement_markdown(curve)}" if curve else "")
     write_report(out, rows, header, tables)
     write_refinement(out, curve)

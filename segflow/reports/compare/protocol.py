@@ -118,6 +118,13 @@ class Evaluation:
     def nfe(self) -> float:
         return float(self.metrics.get("nfe_per_image", 1.0))
 
+    def cost(self, unit: str) -> float:
+        """This evaluation's cost per image in ``unit``: ``NFE`` or ``GFLOPs`` (counted;
+        infinite when the evaluation did not count them)."""
+        if unit == "NFE":
+            return self.nfe
+        return float(self.metrics.get("gflops_per_image", float("inf")))
+
 
 def read_evaluations(run: Path, test_sets: dict[str, str]) -> list[Evaluation]:
     """Every evaluation of ``run`` on its own val split or on one of ``test_sets``
@@ -154,12 +161,15 @@ class Budgeted:
     nfe: float
     val_dice: float
     seeds: list[int] = field(default_factory=list)
+    unit: str = "NFE"  # or "GFLOPs": counted FLOPs per image
 
 
-def choose_settings(val: list[Evaluation], budgets: list[float]) -> list[Budgeted]:
+def choose_settings(val: list[Evaluation], budgets: list[float], unit: str = "NFE"
+                    ) -> list[Budgeted]:
     """For every model and budget, the val setting with the best mean Dice over seeds
-    among those within the budget (NFE per image as measured); ties go to the cheaper one.
-    Only settings evaluated for every seed of the model compete."""
+    among those within the budget (``unit``: NFE per image as measured, or counted GFLOPs
+    per image); ties go to the cheaper one. Only settings evaluated for every seed of the
+    model compete."""
     by_model: dict[str, dict[SettingKey, list[Evaluation]]] = defaultdict(lambda: defaultdict(list))
     for ev in val:
         if ev.split == "val":  # never a test result, whatever the caller passes
@@ -169,12 +179,13 @@ def choose_settings(val: list[Evaluation], budgets: list[float]) -> list[Budgete
         seeds = sorted({ev.seed for evs in settings.values() for ev in evs})
         complete = {k: evs for k, evs in settings.items() if sorted(e.seed for e in evs) == seeds}
         for budget in budgets:
-            fits = [(sum(float(e.metrics["dice"]) for e in evs) / len(evs), -max(e.nfe for e in evs), k)
-                    for k, evs in complete.items() if max(e.nfe for e in evs) <= budget + 1e-9]
+            fits = [(sum(float(e.metrics["dice"]) for e in evs) / len(evs),
+                     -max(e.cost(unit) for e in evs), -max(e.nfe for e in evs), k)
+                    for k, evs in complete.items() if max(e.cost(unit) for e in evs) <= budget + 1e-9]
             if not fits:
                 continue
-            dice, neg_nfe, key = max(fits, key=lambda f: (f[0], f[1]))
-            chosen.append(Budgeted(model, budget, key, -neg_nfe, dice, seeds))
+            dice, _, neg_nfe, key = max(fits, key=lambda f: (f[0], f[1]))
+            chosen.append(Budgeted(model, budget, key, -neg_nfe, dice, seeds, unit))
     return chosen
 
 
