@@ -196,14 +196,14 @@ def _dpm_2m_by_hand(x, x0s, abs_):
     return out
 
 
-def test_dpm_solver_lower_order_final_two_step_case():
-    """Three evaluations (two updates before the clean jump): below 10 steps the second
-    update, into the last grid point, is first order (= DDIM from the current x0);
-    otherwise it is the 2M update, as computed by hand."""
+def test_dpm_solver_one_lower_order_final_step_two_update_case():
+    """Three evaluations (two updates before the clean jump): the second update, into the
+    last grid point, is the 2M update as computed by hand, whatever ``lower_order_final``
+    says and at any step count; only the jump to the clean end is first order."""
     g = torch.Generator().manual_seed(6)
     x, x0_a, x0_b = (torch.randn(2, 1, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
     ab = [0.1, 0.5, 0.99]  # ᾱ at the three grid points
-    for steps, lower, second_order in [(3, True, False), (3, False, True), (10, True, True)]:
+    for steps, lower in [(3, True), (3, False), (10, True)]:
         solver = DPMSolverPP2M(steps, lower_order_final=lower)
         mid = solver.step(x, x0_a, ab[0], ab[1])
         end = solver.step(mid, x0_b, ab[1], ab[2])
@@ -212,26 +212,126 @@ def test_dpm_solver_lower_order_final_two_step_case():
         first = ddim_step(mid, x0_b, eps, ab[1], ab[2], 0.0)
         second = _dpm_2m_by_hand(x, [x0_a, x0_b], ab)
         assert not torch.allclose(first, second)  # the two orders really differ here
-        torch.testing.assert_close(end, second if second_order else first)
+        torch.testing.assert_close(end, second)
         torch.testing.assert_close(solver.step(end, x0_a, ab[2], 1.0), x0_a)  # the clean jump
 
 
-def test_dpm_solver_lower_order_final_in_the_sampler():
-    """On the same grid, 3-step DPM-Solver++ is all first order (= DDIM); at 10 steps and
-    more the final update stays second order (the flag changes nothing there)."""
-    def run(sampler, steps, **kw):
-        method = Diffusion(timesteps=1000, sampler=sampler, steps=steps, spacing="logsnr",
-                           clip_x0=False, **kw)
-        net = GaussianOracle(method.schedule, 0.3, 0.2)
-        noise = torch.randn(1, 1, 1, 512, generator=torch.Generator().manual_seed(4),
-                            dtype=torch.float64)
-        return method.sample(net, torch.zeros(1, 1, 1, 512), noise)[0]
+def _oracle_x0(schedule, step, x, mean=0.3, std=0.2):
+    ab = float(schedule.alphas_cumprod[step])
+    alpha, sigma2 = math.sqrt(ab), 1 - ab
+    return mean + alpha * std**2 / (ab * std**2 + sigma2) * (x - alpha * mean)
 
-    torch.testing.assert_close(run("dpm_solver", 3), run("ddim", 3))
-    assert not torch.allclose(run("dpm_solver", 3, lower_order_final=False), run("ddim", 3))
-    assert not torch.allclose(run("dpm_solver", 9), run("dpm_solver", 9, lower_order_final=False))
-    torch.testing.assert_close(run("dpm_solver", 10), run("dpm_solver", 10, lower_order_final=False))
+
+@pytest.mark.parametrize("steps", [2, 3, 4, 9, 10, 15])
+def test_dpm_solver_sampler_is_the_closed_form_with_one_lower_order_final_step(steps):
+    """The whole sampler against Lu et al.'s Algorithm 2 written out here: the first update
+    first order, every later update into a grid point second order, then one first-order
+    final step (the jump to ᾱ = 1 returns the last x0). ``lower_order_final`` does not
+    change it; at 3 steps and more it is not DDIM."""
+    def run(sampler, **kw):
+        method = Diffusion(timesteps=1000, sampler=sampler, steps=steps, clip_x0=False,
+                           spacing="trailing_logsnr", **kw)  # one grid for both samplers
+        net = GaussianOracle(method.schedule, 0.3, 0.2)
+        noise = torch.randn(1, 1, 1, 256, generator=torch.Generator().manual_seed(4),
+                            dtype=torch.float64)
+        return method, noise, method.sample(net, torch.zeros(1, 1, 1, 256), noise)[0]
+
+    method, x, out = run("dpm_solver")
+    grid = method.grid()
+    ab = [float(method.schedule.alphas_cumprod[k]) for k in grid]
+    lam = [0.5 * math.log(a / (1 - a)) for a in ab]
+    x0_prev = None
+    for i in range(len(grid) - 1):
+        x0 = _oracle_x0(method.schedule, grid[i], x)
+        h = lam[i + 1] - lam[i]
+        if i == 0:
+            d = x0
+        else:
+            r = (lam[i] - lam[i - 1]) / h
+            d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+        x = math.sqrt((1 - ab[i + 1]) / (1 - ab[i])) * x + math.sqrt(ab[i + 1]) * (1 - math.exp(-h)) * d
+        x0_prev = x0
+    expected = _oracle_x0(method.schedule, grid[-1], x)  # the one lower-order final step
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(run("dpm_solver", lower_order_final=False)[2], out, atol=0, rtol=0)
+    if steps >= 3:
+        assert not torch.allclose(out, run("ddim")[2])
+    else:
+        torch.testing.assert_close(out, run("ddim")[2])
     assert Diffusion().with_settings(lower_order_final=False).lower_order_final is False
+
+
+# -- zero terminal SNR (Lin et al. 2024) -------------------------------------------------
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("timesteps", [1000, 50])
+def test_zero_terminal_snr_schedule(schedule, timesteps):
+    plain = NoiseSchedule(schedule, timesteps)
+    zero = NoiseSchedule(schedule, timesteps, zero_terminal_snr=True)
+    ab = zero.alphas_cumprod
+    assert ab[-1].item() == 0.0 and plain.alphas_cumprod[-1].item() > 0
+    assert torch.all(ab[1:] < ab[:-1])  # still strictly decreasing
+    torch.testing.assert_close(ab[0], plain.alphas_cumprod[0])  # the first step is kept
+    assert torch.all((zero.betas > 0) & (zero.betas <= 1)) and zero.betas[-1].item() == pytest.approx(1.0)
+    # √ᾱ is the plain one shifted and rescaled: an affine map, so the ratios of its
+    # differences are unchanged.
+    r_plain, r_zero = plain.alphas_cumprod.sqrt(), ab.sqrt()
+    torch.testing.assert_close((r_zero[1:] - r_zero[:-1]) / (r_zero[1] - r_zero[0]),
+                               (r_plain[1:] - r_plain[:-1]) / (r_plain[1] - r_plain[0]))
+    assert zero.log_snr[-1].item() == -math.inf and torch.isfinite(zero.log_snr[:-1]).all()
+    for spacing in ("uniform", "logsnr", "trailing", "trailing_logsnr"):
+        grid = step_grid(timesteps, 10, spacing, zero.log_snr)
+        assert len(grid) == 10 and grid[0] == timesteps - 1
+        assert all(a > b for a, b in zip(grid, grid[1:], strict=False))
+
+
+class PredictingOracle(GaussianOracle):
+    """:class:`GaussianOracle`'s exact denoiser, output as x0 or v."""
+
+    def __init__(self, schedule, mean, std, prediction):
+        super().__init__(schedule, mean, std)
+        self.prediction = prediction
+
+    def forward(self, x_t, t, image):
+        self.calls += 1
+        step = torch.round(t * self.schedule.timesteps).long()
+        alpha, sigma = self.schedule.alpha_sigma(step, x_t)
+        x0 = self.mean + alpha * self.std**2 / (alpha**2 * self.std**2 + sigma**2) * (x_t - alpha * self.mean)
+        if self.prediction == "x0":
+            return x0
+        eps = (x_t - alpha * x0) / sigma
+        return target_of("v", x0, eps, alpha, sigma)
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+@pytest.mark.parametrize(("sampler", "steps"), [("ddim", 10), ("ddpm", 20), ("dpm_solver", 10),
+                                                ("dpm_solver", 2), ("ddim", 1)])
+def test_zero_terminal_snr_samplers_are_finite_and_recover_gaussian_data(prediction, sampler, steps):
+    """From ᾱ = 0 every sampler stays finite, keeps the data mean, and spreads the samples
+    as on the plain schedule (few-step samplers shrink the spread on both: ±0.03)."""
+    def run(zero):
+        method = Diffusion(timesteps=1000, sampler=sampler, steps=steps, clip_x0=False,
+                           prediction=prediction, zero_terminal_snr=zero)
+        net = PredictingOracle(method.schedule, 0.3, 0.2, prediction)
+        g = torch.Generator().manual_seed(4)
+        noise = torch.randn(1, 1, 1, 20_000, generator=g, dtype=torch.float64)
+        x, nfe = method.sample(net, torch.zeros(1, 1, 1, 20_000), noise, g)
+        assert nfe == steps == net.calls
+        return method, net, x
+
+    method, net, x = run(True)
+    assert method.grid()[0] == 999 and method.schedule.alpha_bar(999) == 0.0
+    assert torch.isfinite(x).all()
+    assert abs(x.mean().item() - 0.3) < 0.01
+    assert abs(x.std().item() - run(False)[2].std().item()) < 0.03
+    loss = method.loss(net, torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4))["loss"]
+    assert torch.isfinite(loss)
+
+
+def test_zero_terminal_snr_is_off_by_default_and_refuses_eps_prediction():
+    assert Diffusion().schedule.alphas_cumprod[-1].item() > 0
+    assert Diffusion(prediction="x0").zero_terminal_snr is False
+    with pytest.raises(ValueError, match="zero_terminal_snr needs method.prediction=x0 or v"):
+        Diffusion(prediction="eps", zero_terminal_snr=True)
 
 
 @pytest.mark.parametrize(("sampler", "eta", "draws"), [("ddpm", 0.0, 4), ("ddim", 0.7, 4),

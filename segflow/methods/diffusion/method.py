@@ -47,11 +47,18 @@ class Diffusion(GenerativeMethod):
     interval before the clean end — even in the step index for DDPM/DDIM, even in log-SNR
     for DPM-Solver, as its authors recommend; see
     :func:`~segflow.methods.diffusion.samplers.step_grid`). ``clip_x0`` clamps each x0
-    prediction to [-1, 1], the mask's range. DPM-Solver++ takes its last update first
-    order below 10 steps (``lower_order_final``, Lu et al. 2022). DDPM and DDIM with
+    prediction to [-1, 1], the mask's range. DPM-Solver++'s last update, the jump to the
+    clean end, is first order (Lu et al. 2022's lower-order final step), every update
+    after the first before it second order. DDPM and DDIM with
     ``eta > 0`` add fresh noise at every step; :meth:`sample` takes that noise from a
     ``step_noise`` source when one is given (the sliding window passes crops of one
     whole-image field per step, so overlapping tiles agree).
+
+    ``zero_terminal_snr`` rescales the β schedule so that ᾱ at the last training step is
+    exactly 0 (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+    WACV 2024): the linear schedule otherwise leaves ᾱ_{T-1} ≈ 4e-5, so training never sees
+    the pure noise sampling starts from. At ᾱ = 0 the state carries nothing about x0 and an
+    eps-prediction cannot be turned into one, so it needs ``prediction`` ``x0`` or ``v``.
 
     Args:
         timesteps: training steps T.
@@ -71,8 +78,10 @@ class Diffusion(GenerativeMethod):
             ``prediction="x0"`` only).
         temperature: scale of the starting noise x_T (eval-time setting; see
             :class:`~segflow.methods.base.GenerativeMethod`; DDPM's step noise is not scaled).
-        lower_order_final: DPM-Solver++ only: with fewer than 10 steps, take the last
-            update first order (False: second order after the first step, always).
+        lower_order_final: DPM-Solver++ only; kept for configuration compatibility: the
+            last update, the jump to the clean end, is first order whatever its value.
+        zero_terminal_snr: rescale β to ᾱ_{T-1} = 0 (Lin et al. 2024; needs
+            ``prediction`` ``x0`` or ``v``).
         parameterization: ``linear`` (the output is eps / x0 / v) or ``logit``
             (x0-prediction only: the output is a logit ℓ with ``x̂0 = tanh(ℓ/2)``, BCE with
             logits; a linear x̂0 clamped to [−1, 1] has no BCE/Dice gradient past ±1).
@@ -86,7 +95,7 @@ class Diffusion(GenerativeMethod):
                  spacing: str = "auto", eta: float = 0.0, clip_x0: bool = True, n_samples: int = 1,
                  lower_order_final: bool = True, bce_weight: float = 0.0,
                  parameterization: str = "linear", temperature: float = 1.0,
-                 recycle: float = 0.0):
+                 recycle: float = 0.0, zero_terminal_snr: bool = False):
         super().__init__(n_samples=n_samples, temperature=temperature)
         if not 0.0 <= float(recycle) <= 1.0:
             raise ValueError(f"method.recycle must be in [0, 1], got {recycle}")
@@ -100,7 +109,11 @@ class Diffusion(GenerativeMethod):
         for name, weight in (("dice_weight", dice_weight), ("bce_weight", bce_weight)):
             if weight < 0:
                 raise ValueError(f"method.{name} must be >= 0, got {weight}")
-        self.schedule = NoiseSchedule(schedule, timesteps)
+        if zero_terminal_snr and prediction == "eps":
+            raise ValueError("method.zero_terminal_snr needs method.prediction=x0 or v: at the "
+                             "last step (ᾱ = 0) an eps-prediction determines no x0")
+        self.zero_terminal_snr = bool(zero_terminal_snr)
+        self.schedule = NoiseSchedule(schedule, timesteps, self.zero_terminal_snr)
         self.timesteps, self.prediction, self.dice_weight = int(timesteps), prediction, dice_weight
         self.bce_weight = float(bce_weight)
         self.sampler, self.steps, self.spacing = sampler, steps, spacing

@@ -61,7 +61,11 @@ def step_grid(timesteps: int, steps: int | None, spacing: str = "uniform",
         positions = timesteps * (1.0 - np.arange(steps) / steps) - 1.0
     else:
         assert log_snr is not None and log_snr.shape == (timesteps,)
-        lam = log_snr.double().numpy()  # decreasing in the step index
+        lam = log_snr.double().numpy().copy()  # decreasing in the step index
+        if not np.isfinite(lam[-1]):
+            # Zero terminal SNR: λ_{T-1} = −∞; place the steps as if λ went on linearly
+            # (the grid always starts at T-1 anyway).
+            lam[-1] = 2 * lam[-2] - lam[-3]
         targets = (np.linspace(lam[-1], lam[0], steps) if spacing == "logsnr"
                    else np.linspace(lam[-1], lam[0], steps + 1)[:-1])
         positions = np.interp(targets, lam[::-1], np.arange(timesteps)[::-1])
@@ -122,13 +126,11 @@ def ddim_step(x_t: Tensor, x0: Tensor, eps: Tensor, ab: float, ab_next: float, e
 
 
 def log_snr_half(ab: float) -> float:
-    """λ = log(alpha / sigma) = ½ log(ᾱ / (1 - ᾱ)), the DPM-Solver time variable."""
+    """λ = log(alpha / sigma) = ½ log(ᾱ / (1 - ᾱ)), the DPM-Solver time variable; −∞ at
+    ᾱ = 0 (a zero-terminal-SNR schedule's last step)."""
+    if ab <= 0.0:
+        return -math.inf
     return 0.5 * (math.log(ab) - math.log1p(-ab))
-
-
-LOWER_ORDER_FINAL_BELOW = 10
-"""DPM-Solver++(2M) takes its last update first order when it runs fewer network
-evaluations than this (see :class:`DPMSolverPP2M`)."""
 
 
 class DPMSolverPP2M:
@@ -142,41 +144,44 @@ class DPMSolverPP2M:
     ``(1 + 1/(2r)) x0 - 1/(2r) x0_prev`` with ``r = h_prev / h`` afterwards. The final
     jump to the clean end (λ = ∞) is first order: it returns the current x0 prediction.
 
-    Lower-order final steps (Lu et al.'s ``lower_order_final``): with few steps the
-    last update, into the smallest noise level where λ moves fastest, is unstable at
-    second order, so for ``steps < LOWER_ORDER_FINAL_BELOW`` (10) network evaluations the
-    update into the last grid point (the ``steps - 1``-th) is first order too. Lu et al.'s
-    reference solver does this below 15 steps; 10 here keeps the 10-step presets second
-    order throughout.
+    Lower-order final step (Lu et al.'s ``lower_order_final``): with few steps the last
+    update, where λ moves fastest, is unstable at second order, and Lu et al. take it first
+    order. Here the last update is always the jump to the clean end, which has no
+    second-order form (``r = h_prev / h → 0``), so it is the one lower-order final step; the
+    update into the last grid point before it is second order like every update after the
+    first. (Taking that one first order as well would make two lower-order final steps: a
+    3-step run would be DDIM.)
+
+    A zero-terminal-SNR grid starts at ᾱ = 0 (λ = −∞): the first update, first order, is
+    DDIM's from pure noise, ``alpha_next·x0 + sigma_next·x``, and the next one has
+    ``r = ∞``, i.e. first order as well — the extrapolation has no finite previous λ.
 
     Stateful across one trajectory: make a new instance per sampling run.
 
     Args:
-        steps: network evaluations of the run (the grid's length), needed for the
-            lower-order final step; None = always second order after the first step.
-        lower_order_final: take the last update first order when ``steps`` is below
-            ``LOWER_ORDER_FINAL_BELOW``.
+        steps: network evaluations of the run (the grid's length); accepted for the
+            callers' sake, the step rule does not depend on it.
+        lower_order_final: accepted for configuration compatibility; the final jump is
+            first order either way (see above), so both values give the same solver.
     """
 
     def __init__(self, steps: int | None = None, lower_order_final: bool = True) -> None:
         self.prev_x0: Tensor | None = None
         self.prev_h: float | None = None
         self.updates = 0
-        self.final_update = None
-        if lower_order_final and steps is not None and int(steps) < LOWER_ORDER_FINAL_BELOW:
-            self.final_update = int(steps) - 1  # 1-based count of the update into grid[-1]
+        self.steps, self.lower_order_final = steps, bool(lower_order_final)
 
     def step(self, x_t: Tensor, x0: Tensor, ab: float, ab_next: float) -> Tensor:
         self.updates += 1
         if ab_next >= 1.0:
-            return x0
+            return x0  # the lower-order final step
         lam, lam_next = log_snr_half(ab), log_snr_half(ab_next)
         h = lam_next - lam
-        if self.prev_x0 is None or self.prev_h is None or self.updates == self.final_update:
+        if self.prev_x0 is None or self.prev_h is None or not math.isfinite(self.prev_h):
             d = x0
         else:
             r = self.prev_h / h
             d = (1 + 0.5 / r) * x0 - (0.5 / r) * self.prev_x0
         self.prev_x0, self.prev_h = x0, h
         sigma_ratio = math.sqrt((1 - ab_next) / (1 - ab))
-        return sigma_ratio * x_t - math.sqrt(ab_next) * math.expm1(-h) * d
+        return sigma_ratio * x_t - math.sqrt(ab_next) * math.expm1(-h) * d  # expm1(−∞) = −1

@@ -45,25 +45,46 @@ def make_betas(schedule: str, timesteps: int) -> Tensor:
     raise ValueError(f"unknown diffusion schedule {schedule!r}: use one of {list(SCHEDULES)}")
 
 
+def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """β rescaled to zero terminal SNR (Lin et al., "Common Diffusion Noise Schedules and
+    Sample Steps are Flawed", WACV 2024, Algorithm 1): ``√ᾱ`` is shifted so that its last
+    value is 0 and scaled so that its first is unchanged,
+    ``√ᾱ'_k = (√ᾱ_k − √ᾱ_{T-1}) · √ᾱ_0 / (√ᾱ_0 − √ᾱ_{T-1})``, and β is read back from
+    ``ᾱ'``: the last step is pure noise (β_{T-1} = 1), as the sampler's start assumes."""
+    root = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    ab = root**2
+    alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])
+    return 1.0 - alphas
+
+
 class NoiseSchedule:
     """ᾱ table of a discrete diffusion plus the forward process and prediction conversions.
 
     Args:
         schedule: ``linear`` or ``cosine`` (see :func:`make_betas`).
         timesteps: number of training steps T.
+        zero_terminal_snr: rescale β so that ᾱ_{T-1} = 0 (:func:`rescale_zero_terminal_snr`).
 
     Attributes:
-        alphas_cumprod: (T,) float64 ᾱ_k, strictly decreasing from ≈ 1 to ≈ 0.
+        alphas_cumprod: (T,) float64 ᾱ_k, strictly decreasing from ≈ 1 to ≈ 0 (to exactly
+            0 with ``zero_terminal_snr``).
     """
 
-    def __init__(self, schedule: str = "linear", timesteps: int = 1000):
+    def __init__(self, schedule: str = "linear", timesteps: int = 1000,
+                 zero_terminal_snr: bool = False):
         self.schedule, self.timesteps = schedule, int(timesteps)
-        self.betas = make_betas(schedule, self.timesteps)
+        self.zero_terminal_snr = bool(zero_terminal_snr)
+        betas = make_betas(schedule, self.timesteps)
+        self.betas = rescale_zero_terminal_snr(betas) if self.zero_terminal_snr else betas
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        if self.zero_terminal_snr:
+            self.alphas_cumprod[-1] = 0.0  # exactly, not a rounding residue
 
     @property
     def log_snr(self) -> Tensor:
-        """(T,) float64 λ_k = log(alpha_k / sigma_k), decreasing in k."""
+        """(T,) float64 λ_k = log(alpha_k / sigma_k), decreasing in k (−∞ at a zero terminal SNR)."""
         return 0.5 * (torch.log(self.alphas_cumprod) - torch.log1p(-self.alphas_cumprod))
 
     def alpha_bar(self, step: int | None) -> float:
@@ -106,7 +127,9 @@ def x0_eps_of(prediction: str, out: Tensor, x_t: Tensor, alpha: Tensor | float,
     """Invert :func:`target_of`: the network output ``out`` at ``x_t`` → ``(x0, eps)``.
 
     ``eps`` from an ``x0`` output divides by sigma and ``x0`` from an ``eps`` output by
-    alpha; both are > 0 at every training step, so the conversions are finite.
+    alpha; both are > 0 at every training step, so the conversions are finite — except
+    alpha = 0 at a zero terminal SNR, where an ``eps`` output says nothing about x0 (the
+    diffusion refuses that combination).
     """
     if prediction == "eps":
         return (x_t - sigma * out) / alpha, out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -35,13 +36,29 @@ class FlowMatching(GenerativeMethod):
 
         u_t = x1 − (1 − σ_min)·x0 + s'(t)·ε,   s'(t) = σ(1 − 2t) / (2√(t(1 − t))) (bridge), 0 (constant).
 
-    The network predicts either the velocity (loss ``‖v̂ − u_t‖²``) or the clean mask
-    ``x̂1`` (loss ``‖x̂1 − x1‖²``; the sampler uses the velocity it implies on the mean
-    path, ``x̂1 − (1 − σ_min)·x̂0`` with ``x̂0 = (x_t − t·x̂1) / (1 − (1 − σ_min)·t)``,
-    exact for σ = 0, with ``x̂0 → 0`` at t → 1). Training
-    times are uniform or logit-normal (Esser et al. 2024: ``t = sigmoid(m + s·n)``),
+    The network predicts either the velocity (loss ``‖v̂ − u_t‖²``, whose minimiser is the
+    marginal field E[u_t | x_t] itself) or the clean mask ``x̂1`` (loss ``‖x̂1 − x1‖²``,
+    minimised by the posterior mean E[x1 | x_t]); the sampler then uses the exact marginal
+    velocity that x̂1 implies (:func:`~segflow.methods.flow.path.field_gain`)::
+
+        v = x̂1 + k·(x_t − t·x̂1),   k = (s·s' − a·c) / (c² + s²),   c = 1 − a·t, a = 1 − σ_min,
+
+    for every σ and noise schedule (σ = 0: k = −a/c, the mean-path field
+    ``x̂1 − a·(x_t − t·x̂1)/c``). A source with a mean μ and spread τ
+    (:meth:`source_moments`) shifts it: ``v = x̂1 − a·μ + k·(x_t − t·x̂1 − c·μ)`` with
+    ``k = (s·s' − a·c·τ²)/(c²τ² + s²)``. The field is exact for the true posterior mean;
+    recycling (below) trains on states built from the model's own estimate, which the
+    formula does not model. With constant noise the state at t = 0 is ``x0 + σ·ε``, and
+    sampling starts there (noise scaled by ``√(τ² + σ²)`` around μ).
+
+    Training times are uniform or logit-normal (Esser et al. 2024: ``t = sigmoid(m + s·n)``),
     optionally mixed with a ``uniform_fraction`` of uniform times so that every time the
-    sampler's grid visits is trained (:func:`~segflow.methods.flow.path.sample_time`).
+    sampler's grid visits has density, and with a ``grid_time_share`` of times exactly on
+    the grids of ``grid_time_steps`` fixed-step samplers — t = 0, all a one-step sampler
+    evaluates, included (:func:`~segflow.methods.flow.path.grid_times`,
+    :func:`~segflow.methods.flow.path.sample_time`). With velocity prediction and bridge
+    noise, whose target has ``s'(t) ~ 1/√t``, times are kept ``BRIDGE_T_EPS`` off the ends
+    (grid times too); x1-prediction needs no s' and trains at t = 0 exactly.
 
     ``parameterization="logit"`` (x1-prediction only): the network outputs a logit ℓ and
     ``x̂1 = tanh(ℓ/2)``, so ``p̂ = (x̂1 + 1)/2 = sigmoid(ℓ)`` and the BCE is taken with
@@ -86,6 +103,11 @@ class FlowMatching(GenerativeMethod):
             flow-matching MSE).
         readout: ``state`` or ``x1`` (eval-time setting, see above).
         uniform_fraction: share of uniform training times mixed into ``time_sampling``.
+        grid_time_share: share of training times drawn from the sampler grids' times
+            (0 = none).
+        grid_time_steps: the step counts whose grids those times come from (None = the
+            configured ``steps`` only); the grid is that of ``solver`` when it is a
+            fixed-step one, else Euler's.
         parameterization: ``linear`` (the output is x̂1) or ``logit`` (x̂1 = tanh(ℓ/2)).
         recycle: fraction of each batch trained on states built from the model's own x̂1.
         temperature: scale of the starting noise (eval-time setting; see
@@ -97,7 +119,7 @@ class FlowMatching(GenerativeMethod):
     # Training times stay this far from the ends where the bridge noise's derivative
     # s'(t) ~ 1/√t is singular.
     BRIDGE_T_EPS: ClassVar[float] = 1e-3
-    # Below this 1 − t, x1-prediction's division by 1 − t is tapered off (see velocity()).
+    # The scale δ below which x1-prediction's 1/(c²τ² + s²) is tapered off (path.field_gain).
     X1_DELTA: ClassVar[float] = 1e-2
 
     def __init__(self, prediction: str = "velocity", sigma: float = 0.0,
@@ -107,7 +129,8 @@ class FlowMatching(GenerativeMethod):
                  max_nfe: int = 1000, n_samples: int = 1, bce_weight: float = 0.0,
                  dice_weight: float = 0.0, readout: str = "state", uniform_fraction: float = 0.0,
                  parameterization: str = "linear", recycle: float = 0.0,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, grid_time_share: float = 0.0,
+                 grid_time_steps: Sequence[int] | None = None):
         super().__init__(n_samples=n_samples, temperature=temperature)
         self.bce_weight, self.dice_weight = float(bce_weight), float(dice_weight)
         self.readout = readout
@@ -118,6 +141,8 @@ class FlowMatching(GenerativeMethod):
         self.max_nfe = max_nfe
         self.uniform_fraction, self.parameterization = float(uniform_fraction), parameterization
         self.recycle = float(recycle)
+        self.grid_time_share = float(grid_time_share)
+        self.grid_time_steps = None if grid_time_steps is None else tuple(int(n) for n in grid_time_steps)
         self.validate()
 
     def validate(self) -> None:
@@ -141,6 +166,12 @@ class FlowMatching(GenerativeMethod):
             raise ValueError("FlowMatching logit_std, atol and rtol must be > 0")
         if not 0 <= self.uniform_fraction <= 1 or not 0 <= self.recycle <= 1:
             raise ValueError("FlowMatching uniform_fraction and recycle must be in [0, 1]")
+        if not 0 <= self.grid_time_share <= 1:
+            raise ValueError(f"FlowMatching grid_time_share must be in [0, 1], got {self.grid_time_share}")
+        if self.grid_time_steps is not None and (not self.grid_time_steps
+                                                 or min(self.grid_time_steps) < 1):
+            raise ValueError(f"FlowMatching grid_time_steps must be step counts >= 1, "
+                             f"got {list(self.grid_time_steps)}")
         if self.prediction != "x1" and (self.parameterization == "logit" or self.recycle):
             raise ValueError("FlowMatching parameterization=logit and recycle need prediction=x1")
 
@@ -167,20 +198,34 @@ class FlowMatching(GenerativeMethod):
             u = u + self._bcast(self.noise_scale(t)[1], x0) * eps
         return u
 
+    def grid_times(self) -> tuple[Tensor, Tensor]:
+        """(times, probabilities) of the training-time grid component
+        (:func:`~segflow.methods.flow.path.grid_times` of ``grid_time_steps``)."""
+        solver = self.solver if self.solver in fpath.GRID_SOLVERS else "euler"
+        return fpath.grid_times(self.grid_time_steps or (int(self.steps),), solver)
+
     def sample_time(self, n: int, device: torch.device, generator: torch.Generator | None = None
                     ) -> Tensor:
         """Training times (n,) in [0, 1]."""
+        grid = self.grid_times() if self.grid_time_share > 0 else None
         t = fpath.sample_time(n, device, self.time_sampling, self.logit_mean, self.logit_std,
-                              self.uniform_fraction, generator)
-        if self.sigma > 0 and self.sigma_schedule == "bridge":
+                              self.uniform_fraction, generator, self.grid_time_share, grid)
+        if self.sigma > 0 and self.sigma_schedule == "bridge" and self.prediction == "velocity":
             t = t.clamp(self.BRIDGE_T_EPS, 1 - self.BRIDGE_T_EPS)
         return t
 
+    def source_moments(self, image: Tensor, like: Tensor) -> tuple[Tensor | None, float]:
+        """(μ, τ) of the source ``x0 = μ + τ·z``, z ~ N(0, I), for ``image``: μ batch-aligned
+        with ``like`` (None: zero), τ a float. Standard Gaussian here; a subclass may start
+        elsewhere (conditional flow matching allows any source distribution, Tong et al.)."""
+        return None, 1.0
+
     def source(self, image: Tensor, noise: Tensor) -> Tensor:
         """The flow's starting state x0 for ``image`` from standard Gaussian ``noise`` (both
-        batch-aligned): the noise itself here; a subclass may start elsewhere (conditional
-        flow matching allows any source distribution, Tong et al.)."""
-        return noise
+        batch-aligned): ``μ + τ·noise`` (:meth:`source_moments`), the noise itself here."""
+        mean, std = self.source_moments(image, noise)
+        x0 = noise if std == 1.0 else std * noise
+        return x0 if mean is None else mean.to(noise.dtype) + x0
 
     def source_nfe(self) -> int:
         """Network evaluations :meth:`source` spends per sample (0: plain noise)."""
@@ -246,44 +291,59 @@ class FlowMatching(GenerativeMethod):
         """The model's velocity at state x (B, C, H, W) and time t (a float)."""
         return self.field(net, x, t, image)[0]
 
-    def field(self, net: nn.Module, x: Tensor, t: float, image: Tensor) -> tuple[Tensor, Tensor]:
-        """(velocity, x̂1) of one network evaluation at state x and time t (a float)."""
+    def gain(self, t: float, source_std: float = 1.0) -> float:
+        """k(t) of the exact field for this path and a source spread τ = ``source_std``
+        (:func:`~segflow.methods.flow.path.field_gain`)."""
+        return float(fpath.field_gain(t, self.sigma, self.sigma_schedule, self.sigma_min,
+                                      source_std, self.X1_DELTA))
+
+    def field(self, net: nn.Module, x: Tensor, t: float, image: Tensor,
+              source: tuple[Tensor | None, float] | None = None) -> tuple[Tensor, Tensor]:
+        """(velocity, x̂1) of one network evaluation at state x and time t (a float).
+
+        x1-prediction: the exact marginal velocity given x̂1 = E[x1 | x_t]
+        (``v = x̂1 − a·μ + k·(x − t·x̂1 − c·μ)``, see the class docstring); ``source`` is
+        (μ, τ) of :meth:`source_moments`, computed here when not given."""
         t_vec = torch.full((x.shape[0],), t, device=x.device, dtype=torch.float32)
         out = net(x, t_vec, image).float()
         if self.prediction == "velocity":
             return out, self.x1_estimate(out, x.float(), t)
-        # v = x̂1 − a·x̂0 with x̂0 = E[x0 | x_t] = (x_t − t·x̂1) / c, c = 1 − a·t, on the
-        # mean path. For c < δ the factor 1/c is replaced by c/δ² (continuous at c = δ,
-        # 0 at t = 1): there x̂0 = 0, the exact E[x0 | x1] (noise is independent of the
-        # mask), instead of x_t − x̂1 amplified without bound in the solvers that evaluate
-        # the field at t = 1 (Heun, dopri5). Euler grids with steps ≥ δ are unaffected.
-        a, delta = 1 - self.sigma_min, self.X1_DELTA
-        c = 1 - a * t
+        mean, std = self.source_moments(image, x) if source is None else source
+        a = 1 - self.sigma_min
+        k = self.gain(t, std)
         x1_hat = self.x1_estimate(out, x, t)
-        x0_hat = (x - t * x1_hat) * (1 / c if c >= delta else c / delta**2)
-        return x1_hat - a * x0_hat, x1_hat
+        v = x1_hat + k * (x - t * x1_hat)
+        if mean is not None:
+            v = v - (a + k * (1 - a * t)) * mean.to(v.dtype)
+        return v, x1_hat
 
     @torch.no_grad()
     def sample(self, net: nn.Module, image: Tensor, noise: Tensor,
                generator: torch.Generator | None = None, step_noise: StepNoise | None = None
                ) -> tuple[Tensor, int]:
-        """Integrate the source (t=0; :meth:`source` of ``noise``) → mask (t=1); returns
+        """Integrate the state at t = 0 (:meth:`source` of ``noise``, widened by the path's
+        noise s(0) when it is not zero there) → mask (t=1); returns
         (x (B, C, H, W), NFE, the source's evaluations included): the state at
         t = 1, or the last evaluation's x̂1 with ``readout="x1"``. The ODE solvers are
         deterministic: ``generator`` and ``step_noise`` are not used."""
         last: dict[str, Tensor] = {}
+        mean, std = self.source_moments(image, noise.float())
+        mean = None if mean is None else mean.float()
 
         def velocity(x: Tensor, t: float) -> Tensor:
-            v, last["x1"] = self.field(net, x, t, image)
+            v, last["x1"] = self.field(net, x, t, image, (mean, std))
             return v
 
-        x0 = self.source(image, noise.float()).float()
+        # The state at t = 0 is x0 + s(0)·ε: a constant-noise path starts √(τ² + σ²) wide.
+        s0_sq = float(fpath.noise_moments(torch.zeros(()), self.sigma, self.sigma_schedule)[0])
+        x0 = (std**2 + s0_sq) ** 0.5 * noise.float()
+        x0 = x0 if mean is None else mean + x0
         x, nfe = solve(velocity, x0, solver=self.solver, steps=int(self.steps),
                        atol=float(self.atol), rtol=float(self.rtol), max_nfe=int(self.max_nfe))
         return (last["x1"] if self.readout == "x1" else x), nfe + self.source_nfe()
 
     def __repr__(self) -> str:
         keys = ("prediction", "parameterization", "sigma", "sigma_schedule", "time_sampling",
-                "uniform_fraction", "recycle", "bce_weight", "dice_weight", *self.sampling_keys)
+                "uniform_fraction", "grid_time_share", "grid_time_steps", "recycle", "bce_weight", "dice_weight", *self.sampling_keys)
         return f"FlowMatching({', '.join(f'{k}={getattr(self, k)!r}' for k in keys)})"
 

@@ -40,7 +40,14 @@ class PriorFlowMatching(FlowMatching):
 
         x0 = (2·p − 1) + prior_noise · ε,   ε ~ N(0, I),
 
-    and the path, targets, losses and samplers are those of :class:`FlowMatching`. The
+    and the path, targets, losses and samplers are those of :class:`FlowMatching`. Its
+    exact sampling field is FlowMatching's with the source's mean and spread: given
+    x̂1 = E[x1 | x_t] and μ = 2·p − 1 (fixed by the image), τ = ``prior_noise``::
+
+        v = x̂1 − a·μ + k·(x_t − t·x̂1 − c·μ),   k = (s·s' − a·c·τ²) / (c²·τ² + s²)
+
+    (:func:`~segflow.methods.flow.path.field_gain`); the sampler computes μ once per run
+    (one prior pass, the one counted in the NFE). The
     flow starts where the supervised net already is, so its steps only have to repair what
     the net got wrong (gaps, spurs, missed thin vessels) instead of drawing the whole mask
     from noise — the "refinement" reading of diffusion segmentation in Fu et al., "Importance
@@ -89,10 +96,11 @@ class PriorFlowMatching(FlowMatching):
         finally:
             self.prior_net.train(was)
 
-    def source(self, image: Tensor, noise: Tensor) -> Tensor:
-        """``(2·p − 1) + prior_noise · noise`` with p the prior's probability map."""
+    def source_moments(self, image: Tensor, like: Tensor) -> tuple[Tensor | None, float]:
+        """(μ, τ) = ``(2·p − 1, prior_noise)`` with p the prior's probability map: the
+        source is ``(2·p − 1) + prior_noise · z``."""
         centre = 2.0 * self.prior_probs(image) - 1.0
-        return centre.to(noise.dtype) + self.prior_noise * noise
+        return centre.to(like.dtype), self.prior_noise
 
     def source_nfe(self) -> int:
         return self.PRIOR_NFE
