@@ -93,3 +93,29 @@ def test_passes_multiply_and_the_prior_is_counted_once_per_image():
     assert image_flops(p, nfe=1, tta=2, prior_flops=q, prior_passes=2) == pytest.approx(2 * (p + q))
     with pytest.raises(ValueError, match="nfe"):
         image_flops(p, nfe=-1)
+
+
+def test_training_step_flops_count_forward_and_backward_and_leave_the_net_untouched():
+    """One conv on the image: the forward and the weight gradient cost the same (the image
+    needs no gradient), so a training step counts twice the forward; the net's weights and
+    gradients are untouched (the count runs on copies)."""
+    from segflow.methods import Supervised
+    from segflow.metrics.flops import forward_flops, training_step_flops
+    from segflow.networks.base import SegNet
+
+    class OneConv(SegNet):
+        def __init__(self):
+            super().__init__()
+            self.in_channels, self.out_channels = 1, 1
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+            self.bn = torch.nn.BatchNorm2d(1)
+
+        def forward(self, image):
+            return self.bn(self.conv(image))
+
+    net = OneConv()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    step = training_step_flops(Supervised(), net, batch=3, channels=1, size=16)
+    assert step == 2 * forward_flops(net, (3, 1, 16, 16), per_image=False) == 2 * 3 * 2 * 9 * 256
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters())

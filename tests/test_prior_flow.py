@@ -83,7 +83,9 @@ def test_prior_flow_starts_from_the_supervised_answer_and_counts_its_pass(monkey
     assert torch.allclose(net.seen[0][:1], 2 * p - 1, atol=1e-5)  # x0 = 2p - 1, no noise
     # The sharpening refiner keeps the prior's sign: the mask is the prior's, thresholded.
     assert torch.equal(pred.probs > 0.5, p > 0.5)
-    assert pred.nfe == 3 + 1  # three Euler steps and the prior's pass
+    # three Euler steps per member and the prior's pass once per image, shared by both members
+    assert flow.prior_net.calls == 1
+    assert pred.nfe * 2 == 3 * 2 + 1
     noisy = _prior_flow(monkeypatch, prior_noise=0.5, steps=1, n_samples=2)
     net2 = _Sharpen()
     noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -150,3 +152,37 @@ def test_prior_flow_trains_and_evaluates_from_a_supervised_run(tmp_path):
                                       "experiment_name=bad"], tmp_path)
     assert bad.returncode != 0
     assert "is a generative run" in bad.stdout + bad.stderr
+
+
+def test_the_prior_is_counted_once_per_image_in_the_flops_of_a_prediction():
+    """Counted FLOPs of a whole prediction: the flow net's passes (steps × members) plus
+    one prior pass per image, whatever the ensemble size."""
+    from segflow.metrics.flops import call_flops, forward_flops
+
+    class ConvPrior(SegNet):
+        def __init__(self):
+            super().__init__()
+            self.in_channels, self.out_channels = 1, 1
+            self.conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+
+        def forward(self, image):
+            return self.conv(image)
+
+    class ConvFlow(Denoiser):
+        def __init__(self):
+            super().__init__()
+            self.in_channels, self.out_channels = 1, 1
+            self.conv = nn.Conv2d(2, 1, 3, padding=1, bias=False)
+
+        def forward(self, x_t, t, image):
+            return self.conv(torch.cat([x_t, image], 1))
+
+    prior, net, image = ConvPrior(), ConvFlow(), torch.randn(1, 1, 16, 16)
+    per_prior = forward_flops(prior, (1, 1, 16, 16))
+    per_pass = forward_flops(net, (1, 1, 16, 16), (1,), (1, 1, 16, 16))
+    assert per_prior == 2 * 1 * 1 * 9 * 16 * 16 and per_pass == 2 * per_prior
+    for n in (1, 4):
+        flow = PriorFlowMatching(prior=SupervisedPrior(prior, Supervised()), steps=2, n_samples=n,
+                                 prediction="x1", parameterization="logit")
+        total = call_flops(flow.predict, net, image, generator=torch.Generator().manual_seed(0))
+        assert total == 2 * n * per_pass + per_prior, (n, total)

@@ -59,7 +59,8 @@ class PriorFlowMatching(FlowMatching):
     which :func:`segflow.runs.checkpoints.load_prior` loads from ``prior_run``, its best
     EMA checkpoint); it is frozen, run in eval mode, and saved with this model's checkpoint
     (``method.prior_net.*``). It must see images prepared as this run's (same data
-    preset). Its pass counts as one network evaluation per sample in the reported NFE.
+    preset). The prior runs **once per image**, its map shared by every ensemble member, and
+    counts as one network evaluation per image in the reported NFE (steps × members + 1).
 
     Args:
         prior: the frozen supervised segmenter.
@@ -68,7 +69,7 @@ class PriorFlowMatching(FlowMatching):
         **flow: :class:`FlowMatching`'s arguments (``prediction="x1"`` recommended).
     """
 
-    # Prior passes per sample, counted in the NFE.
+    # Prior passes per image, counted in the NFE.
     PRIOR_NFE: ClassVar[int] = 1
 
     def __init__(self, prior: SupervisedPrior | None = None, prior_run: str | None = None,
@@ -83,6 +84,18 @@ class PriorFlowMatching(FlowMatching):
                               f"supervised prior; {PRIOR_FIX}")
         self.prior_net = prior.net.requires_grad_(False).eval()
         self.prior_method = prior.method
+        self._centre: Tensor | None = None  # 2p − 1 of the images being predicted
+
+    def predict(self, net: nn.Module, image: Tensor, generator: torch.Generator | None = None,
+                noise: Tensor | None = None, step_noise=None):
+        """:meth:`FlowMatching.predict` with the prior run once per image (not once per
+        ensemble member): its map is computed here and shared by the members."""
+        n = int(self.n_samples)
+        self._centre = (2.0 * self.prior_probs(image) - 1.0).repeat_interleave(n, dim=0)
+        try:
+            return super().predict(net, image, generator, noise, step_noise)
+        finally:
+            self._centre = None
 
     @torch.no_grad()
     def prior_probs(self, image: Tensor) -> Tensor:
@@ -99,11 +112,15 @@ class PriorFlowMatching(FlowMatching):
     def source_moments(self, image: Tensor, like: Tensor) -> tuple[Tensor | None, float]:
         """(μ, τ) = ``(2·p − 1, prior_noise)`` with p the prior's probability map: the
         source is ``(2·p − 1) + prior_noise · z``."""
-        centre = 2.0 * self.prior_probs(image) - 1.0
+        if self._centre is not None and self._centre.shape[0] == image.shape[0]:
+            centre = self._centre  # inside predict: computed once per image
+        else:
+            centre = 2.0 * self.prior_probs(image) - 1.0
         return centre.to(like.dtype), self.prior_noise
 
-    def source_nfe(self) -> int:
-        return self.PRIOR_NFE
+    def source_nfe(self) -> float:
+        """The prior's pass per ensemble member: one per image, shared by the members."""
+        return self.PRIOR_NFE / max(1, int(self.n_samples))
 
     def __repr__(self) -> str:
         return (f"Prior{super().__repr__()[:-1]}, prior_run={self.prior_run!r}, "
