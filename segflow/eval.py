@@ -28,8 +28,7 @@ from omegaconf import DictConfig
 
 from segflow.conf.resolvers import register_resolvers
 from segflow.engine.evaluation import evaluate
-from segflow.infra.commands import open_key_overrides
-from segflow.infra.config_files import check_config_dirs
+from segflow.infra.commands import start_hydra
 from segflow.infra.errors import command, exit_on_user_error
 from segflow.runs.failed import failed_claims, failed_run_guard
 from segflow.runs.layout import eval_root
@@ -50,10 +49,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Entry point (``segflow-eval``): open the ``model.*`` / ``data.*`` / ``grid.*`` keys,
     then run Hydra."""
-    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
-    sys.argv[1:] = open_key_overrides(sys.argv[1:])
-    register_resolvers()
-    _hydra_main()
+    start_hydra(_hydra_main, register_resolvers, open_keys=True)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ from omegaconf import DictConfig
 
 from segflow.conf.resolvers import register_resolvers
 from segflow.inference.export import export_configured
-from segflow.infra.commands import open_key_overrides
-from segflow.infra.config_files import check_config_dirs
+from segflow.infra.commands import start_hydra
 from segflow.infra.errors import command
 from segflow.runs.guards import run_output_guard
 
@@ -37,10 +36,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 @command
 def main() -> None:
     """Entry point (``segflow-export``): ``model.*`` overrides merge into the run's config."""
-    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
-    sys.argv[1:] = open_key_overrides(sys.argv[1:])
-    register_resolvers()
-    _hydra_main()
+    start_hydra(_hydra_main, register_resolvers, open_keys=True)
 
 
 if __name__ == "__main__":

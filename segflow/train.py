@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from segflow.conf.resolvers import register_resolvers
 from segflow.engine.faults import guarded_training
 from segflow.engine.training import train
-from segflow.infra.config_files import check_config_dirs
+from segflow.infra.commands import start_hydra
 from segflow.infra.errors import command, exit_on_user_error
 
 log = logging.getLogger("segflow.train")
@@ -44,9 +44,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 @command
 def main() -> None:
     """Entry point (``segflow-train``)."""
-    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
-    register_resolvers()
-    _hydra_main()
+    start_hydra(_hydra_main, register_resolvers)
 
 
 if __name__ == "__main__":

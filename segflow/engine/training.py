@@ -239,7 +239,7 @@ def training_cost(module: Any, datamodule: Any, crops_per_step: int, steps: int
         return {}
     prior = getattr(module.method, "prior_net", None)
     return {"train_gflops_per_step": round(per_crop * crops_per_step / 1e9, 3),
-            "train_pflops": round(per_crop * crops_per_step * steps / 1e15, 6),
+            "train_flops": float(per_crop * crops_per_step * steps),
             "params": sum(p.numel() for p in module.net.parameters()),
             "prior_params": sum(p.numel() for p in prior.parameters()) if prior is not None else 0}
 

@@ -96,8 +96,29 @@ def _split(cls: type, data: dict[str, Any]) -> dict[str, Any]:
             "extra": {k: v for k, v in data.items() if k not in known}}
 
 
+class _Record:
+    """What the two records share: a plain dict of the known fields and the extras, a
+    writer that fills in the commit, and a reader's constructor."""
+
+    commit: dict[str, Any]
+    extra: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {**{k: v for k, v in d.items() if k != "extra"}, **d["extra"]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return cls(**_split(cls, data))
+
+    def _write(self, path: Path) -> Path:
+        self.commit = self.commit or commit()
+        write_json(path, self.as_dict())
+        return path
+
+
 @dataclass
-class RunRecord:
+class RunRecord(_Record):
     """``<run>/metrics.json``: what a training run records of its fit and its test."""
 
     experiment: str | None = None
@@ -124,19 +145,8 @@ class RunRecord:
     CHECKS = {"test": _NUMBERS, "model": (_name, "a name"), "data": (_name, "a name"),
               "commit": _OBJECT}
 
-    def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {**{k: v for k, v in d.items() if k != "extra"}, **d["extra"]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
-        return cls(**_split(cls, data))
-
     def write(self, run: str | Path) -> Path:
-        path = RunFolder(Path(run)).metrics
-        self.commit = self.commit or commit()
-        write_json(path, self.as_dict())
-        return path
+        return self._write(RunFolder(Path(run)).metrics)
 
     @classmethod
     def read(cls, run: str | Path, strict: bool = True) -> RunRecord | None:
@@ -147,7 +157,7 @@ class RunRecord:
 
 
 @dataclass
-class EvalRecord:
+class EvalRecord(_Record):
     """``<run>/eval/<tag>/metrics.json``: one evaluation under one sampling setting."""
 
     run_dir: str | None = None
@@ -176,15 +186,8 @@ class EvalRecord:
     CHECKS = {"metrics": _NUMBERS, "settings": _OBJECT, "model": (_name, "a name"),
               "commit": _OBJECT}
 
-    def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {**{k: v for k, v in d.items() if k != "extra"}, **d["extra"]}
-
     def write(self, folder: str | Path) -> Path:
-        path = EvalFolder(Path(folder)).metrics
-        self.commit = self.commit or commit()
-        write_json(path, self.as_dict())
-        return path
+        return self._write(EvalFolder(Path(folder)).metrics)
 
     @classmethod
     def read(cls, folder: str | Path, strict: bool = True) -> EvalRecord | None:
@@ -192,7 +195,7 @@ class EvalRecord:
         if data is None:
             return None
         data = {**data, "settings": data.get("settings") or {}, "metrics": data.get("metrics") or {}}
-        return cls(**_split(cls, data))
+        return cls.from_dict(data)
 
     @property
     def nfe(self) -> float:

@@ -96,7 +96,7 @@ def training_cost(runs: list[Path]) -> dict[str, Any]:
         if record is None:
             continue
         commits.add((record.commit or {}).get("sha", "unknown")[:7] or "unknown")
-        fit, flops = record.fit_seconds, record.extra.get("train_pflops")
+        fit, flops = record.fit_seconds, record.extra.get("train_flops")
         n = record.extra.get("params")
         n = count_params(run_config(run)) if n is None else n + record.extra.get("prior_params", 0)
         prior = (run_config(run).get("model", {}).get("method", {}) or {}).get("prior_run")
@@ -104,14 +104,14 @@ def training_cost(runs: list[Path]) -> dict[str, Any]:
             prior_record = RunRecord.read(prior, strict=False) if Path(prior).exists() else None
             if prior_record is not None:
                 fit = None if fit is None else fit + (prior_record.fit_seconds or 0)
-                p = prior_record.extra.get("train_pflops")
+                p = prior_record.extra.get("train_flops")
                 flops = None if flops is None or p is None else flops + p
                 commits.add((prior_record.commit or {}).get("sha", "unknown")[:7])
         fits += [fit] if fit is not None else []
         pflops += [flops] if flops is not None else []
         params.append(n)
     return {"fit_minutes": round(float(np.mean(fits)) / 60, 1) if fits else None,
-            "train_pflops": round(float(np.mean(pflops)), 4) if pflops else None,
+            "train_pflops": float(f"{np.mean(pflops) / 1e15:.4g}") if pflops else None,
             "params_m": round(float(np.mean(params)) / 1e6, 3) if params else None,
             "commits": " ".join(sorted(commits))}
 
