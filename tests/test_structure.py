@@ -148,3 +148,16 @@ def test_the_code_map_names_every_package():
                        for p in PKG.rglob("__init__.py")})
     missing = [p for p in packages if f"`{p}/`" not in text]
     assert not missing, f"docs/api.md's code map lacks {missing}"
+
+
+def test_the_readme_stays_a_guide():
+    lines = (PKG.parent / "README.md").read_text().splitlines()
+    assert len(lines) <= 450, f"README.md has {len(lines)} lines: move reference detail to docs/"
+
+
+def test_trainer_debug_is_only_an_alias_of_debug_default():
+    import yaml
+
+    alias = yaml.safe_load((PKG / "conf" / "trainer" / "debug.yaml").read_text())
+    assert set(alias) == {"defaults"}, "trainer=debug must write nothing of its own"
+    assert "/debug/default" in alias["defaults"] and "/trainer/default@trainer" in alias["defaults"]
