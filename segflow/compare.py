@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
                    "dice=0.01,cldice=0.01,betti0=1 (defaults: docs/compare.md)")
     p.add_argument("--adjust", choices=["holm"], default=None, help="Holm-adjust the p-values "
                    "of every comparison in the table")
+    p.add_argument("--select", choices=["dice", "topology"], default="dice", help="the val "
+                   "selection rule: best Dice, or the lowest β0 error within the Dice margin")
     p.add_argument("--steps", type=_numbers(int), default=[1, 2, 4, 8], help="val grid of sampling steps (generative)")
     p.add_argument("--samples", type=_numbers(int), default=[1, 4], help="val grid of ensemble sizes (generative)")
     p.add_argument("--tta", type=_numbers(int), default=[1, 2, 4, 8], help="val grid of test-time augmentation passes "
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         train=not (args.report_only or args.skip_train),
         evaluate=not args.report_only, overrides=args.overrides, refinement=args.refinement,
         gflops=args.gflops, margins=args.margin,
-        adjust=args.adjust)
+        adjust=args.adjust, select=args.select)
     run(comparison)
     return 0
 

@@ -158,6 +158,30 @@ def test_selection_follows_val_not_test():
     assert with_test.key == (2, 1, 1) and with_test.val_dice == 0.75
 
 
+def test_topology_selection_takes_the_fewest_fragments_within_the_dice_margin():
+    from segflow.infra.errors import ConfigError
+    from segflow.reports.compare.protocol import Evaluation, choose_settings
+
+    def ev(steps, seed, dice, b0, gflops):
+        return Evaluation(Path("r"), "flow_small", seed, "val", "val", (steps, 1, 1),
+                          {"dice": dice, "betti0_error": b0, "nfe_per_image": steps,
+                           "gflops_per_image": gflops}, Path("f"))
+
+    val = [ev(1, s, 0.720, 17.0, 3.0) for s in (0, 1)]
+    val += [ev(4, s, 0.712, 9.0, 12.0) for s in (0, 1)]   # within 0.01 of the best Dice
+    val += [ev(8, s, 0.700, 5.0, 24.0) for s in (0, 1)]   # fewer fragments, but 0.02 below
+    assert choose_settings(val, [8.0])[0].key == (1, 1, 1)  # --select dice
+    (topo,) = choose_settings(val, [8.0], select="topology", dice_margin=0.01)
+    assert topo.key == (4, 1, 1) and topo.val_dice == pytest.approx(0.712)
+    (wide,) = choose_settings(val, [8.0], select="topology", dice_margin=0.05)
+    assert wide.key == (8, 1, 1)
+    # budgets in counted GFLOPs: 12 GFLOPs admits 1 and 4 steps, not 8
+    (flops,) = choose_settings(val, [12.0], unit="GFLOPs", select="topology")
+    assert flops.key == (4, 1, 1) and flops.unit == "GFLOPs"
+    with pytest.raises(ConfigError, match="--select fewest: choose one of dice, topology"):
+        choose_settings(val, [8.0], select="fewest")
+
+
 def test_recipe_sweep_script_reports_each_recipe_under_the_grid(workdir):
     """docs/scripts/recipe_sweep.sh at toy size: the flow family's two recipes are trained
     (joblib, two at a time), each sampled under the grid on the val split, and the report

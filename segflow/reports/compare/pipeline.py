@@ -7,6 +7,7 @@ from pathlib import Path
 
 from segflow.infra.errors import ConfigError, DataError
 from segflow.infra.machine import hardware
+from segflow.metrics.verdicts import DEFAULT_MARGINS
 from segflow.reports.compare import protocol as P
 from segflow.reports.compare.table import (
     build_rows,
@@ -45,6 +46,7 @@ class Comparison:
     gflops: list[float] = field(default_factory=list)  # budgets in counted GFLOPs per image
     margins: dict[str, float] = field(default_factory=dict)  # equivalence margins (defaults else)
     adjust: str | None = None  # "holm": Holm-adjusted p-values over the table's comparisons
+    select: str = "dice"  # the val selection rule (protocol.SELECTION_RULES)
 
     @property
     def sweep(self) -> str:
@@ -65,6 +67,7 @@ def _command(c: Comparison) -> str:
     parts += [f"--gflops {','.join(f'{b:g}' for b in c.gflops)}"] if c.gflops else []
     parts += [f"--margin {','.join(f'{k}={v:g}' for k, v in c.margins.items())}"] if c.margins else []
     parts += [f"--adjust {c.adjust}"] if c.adjust else []
+    parts += [f"--select {c.select}"] if c.select != "dice" else []
     parts += [f"--also-test {a}" for a in c.also_test]
     parts += ["--refinement"] if c.refinement else []
     return " ".join(parts + c.overrides)
@@ -131,8 +134,10 @@ def run(c: Comparison) -> Path:
                 P.evaluate(run, "val", grid, passed)
     val = [ev for run in runs.values() for ev in P.read_evaluations(run, test_sets[run])
            if ev.test_set == "val"]
-    choices = P.choose_settings(val, sorted(c.nfe))
-    choices += P.choose_settings(val, sorted(c.gflops), unit="GFLOPs")
+    dice_margin = {**DEFAULT_MARGINS, **c.margins}["dice"]
+    choices = P.choose_settings(val, sorted(c.nfe), select=c.select, dice_margin=dice_margin)
+    choices += P.choose_settings(val, sorted(c.gflops), unit="GFLOPs", select=c.select,
+                                 dice_margin=dice_margin)
     # Stage 3: each chosen setting once on every test set.
     if c.evaluate:
         for (model, _), run in runs.items():
@@ -167,9 +172,10 @@ def run(c: Comparison) -> Path:
     out = c.out or c.layout.comparison(c.sweep)
     header = (f"# segflow comparison: {c.sweep}\n\nCommit `{_commit()}`; hardware: {hardware()}. "
               f"Command:\n\n"
-              f"```bash\n{_command(c)}\n```\n\nSettings chosen on the val split (best mean val "
-              f"Dice over seeds within each budget: NFE per image, or counted GFLOPs per image "
-              f"with every pass, view, tile and prior pass), then tested once. "
+              f"```bash\n{_command(c)}\n```\n\nSettings chosen on the val split (`--select "
+              f"{c.select}`: {P.SELECTION_RULES[c.select]}, within each budget: NFE per image, or "
+              f"counted GFLOPs per image with every pass, view, tile and prior pass), then tested "
+              f"once. "
               f"{protocol_notes(rows, c.margins, c.adjust)} Runs (trained at commit):\n\n"
               + "".join(f"- {m} seed {s}: `{_shown(r)}` ({_run_commit(r)})\n"
                         for (m, s), r in runs.items())

@@ -164,12 +164,22 @@ class Budgeted:
     unit: str = "NFE"  # or "GFLOPs": counted FLOPs per image
 
 
-def choose_settings(val: list[Evaluation], budgets: list[float], unit: str = "NFE"
-                    ) -> list[Budgeted]:
-    """For every model and budget, the val setting with the best mean Dice over seeds
-    among those within the budget (``unit``: NFE per image as measured, or counted GFLOPs
-    per image); ties go to the cheaper one. Only settings evaluated for every seed of the
-    model compete."""
+#: The selection rules ``segflow.compare --select`` offers, as a table's header names them.
+SELECTION_RULES = {
+    "dice": "the setting with the best mean val Dice over seeds",
+    "topology": "the setting with the lowest mean val β0 error among those whose mean val Dice "
+                "is within the Dice margin of the best",
+}
+
+
+def choose_settings(val: list[Evaluation], budgets: list[float], unit: str = "NFE",
+                    select: str = "dice", dice_margin: float = 0.01) -> list[Budgeted]:
+    """For every model and budget, the val setting chosen by ``select`` (declared before
+    anything is tested: :data:`SELECTION_RULES`) among those within the budget (``unit``:
+    NFE per image as measured, or counted GFLOPs per image); ties go to the cheaper one.
+    Only settings evaluated for every seed of the model compete."""
+    if select not in SELECTION_RULES:
+        raise ConfigError(f"--select {select}: choose one of {', '.join(SELECTION_RULES)}")
     by_model: dict[str, dict[SettingKey, list[Evaluation]]] = defaultdict(lambda: defaultdict(list))
     for ev in val:
         if ev.split == "val":  # never a test result, whatever the caller passes
@@ -184,7 +194,14 @@ def choose_settings(val: list[Evaluation], budgets: list[float], unit: str = "NF
                     for k, evs in complete.items() if max(e.cost(unit) for e in evs) <= budget + 1e-9]
             if not fits:
                 continue
-            dice, _, neg_nfe, key = max(fits, key=lambda f: (f[0], f[1]))
+            if select == "topology":  # within the margin of the best Dice: fewest fragments
+                best = max(f[0] for f in fits)
+                near = [f for f in fits if f[0] >= best - dice_margin]
+                beta0 = {f[3]: sum(float(e.metrics.get("betti0_error", float("inf")))
+                                   for e in complete[f[3]]) / len(complete[f[3]]) for f in near}
+                dice, _, neg_nfe, key = min(near, key=lambda f: (beta0[f[3]], -f[1], -f[0]))
+            else:
+                dice, _, neg_nfe, key = max(fits, key=lambda f: (f[0], f[1]))
             chosen.append(Budgeted(model, budget, key, -neg_nfe, dice, seeds, unit))
     return chosen
 
