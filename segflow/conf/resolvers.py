@@ -13,7 +13,9 @@ as its one sentence and exits with status 2 (:func:`~segflow.runs.folders.exit_i
 * ``segflow_export_dir:<output_dir>,<run_dir>,<format>``: the folder of an export
   (``export.yaml``);
 * ``segflow.rank0_only:<value>`` / ``segflow.rank_log:<stem>``: ``.hydra/`` and the log file
-  of global rank 0 only, where every task of a job runs Hydra (``launcher=slurm``).
+  of global rank 0 only, where every task of a job runs Hydra (``launcher=slurm``, torchrun);
+* ``segflow.slurm_*``: the sbatch request and Trainer devices of ``slurm.*``
+  (:mod:`segflow.conf.slurm_keys`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from segflow.conf.slurm_keys import RESOLVERS as SLURM_RESOLVERS
 from segflow.runs.folders import (
     check_name,
     check_writable,
@@ -74,3 +77,5 @@ def register_resolvers() -> None:
         "segflow.rank_log",
         lambda stem: f"{stem}.log" if _global_rank() == 0 else f"{stem}_rank{_global_rank()}.log",
         replace=True)
+    for name, fn in SLURM_RESOLVERS.items():
+        OmegaConf.register_new_resolver(name, exit_in_resolver(fn), replace=True)
