@@ -1,0 +1,181 @@
+"""``launcher=slurm`` (``hydra_plugins.segflow_slurm.SlurmLauncher``, hydra-submitit-launcher's
+SLURM launcher): a refused submission as one sentence, and job states read from ``squeue``
+where the cluster keeps no accounting.
+
+* A refused ``sbatch`` (an unknown partition, a GPU request on a partition without GPUs,
+  a request over a limit) is one sentence quoting sbatch's own message, exit status 2 (no
+  traceback), and the sweep folder it had started, which then holds only submitit's
+  bookkeeping, is removed.
+* submitit follows its jobs with ``sacct``; on a cluster without accounting every poll
+  fails with a warning ("Bypassing sacct error ..., status may be inaccurate"). After the
+  first such failure :class:`SqueueWatcher` logs one line and reads the states from
+  ``squeue`` instead (which lists finished jobs for the cluster's ``MinJobAge``), so a
+  job that ends without a result (cancelled, its node lost) is seen as ended.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from segflow.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: What sacct prints where the cluster has no accounting storage.
+_NO_ACCOUNTING = "accounting storage is disabled"
+
+
+def _squeue_command(job_ids: set[str]) -> list[str]:
+    return ["squeue", "--noheader", "--states=all", "--format=%i|%T|%N",
+            "--jobs=" + ",".join(sorted(job_ids))]
+
+
+def _make_watcher_class() -> type:
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    class SqueueWatcher(SlurmInfoWatcher):
+        """submitit's SLURM state watcher, switching from sacct to squeue when the cluster
+        has no accounting (one log line instead of a warning per poll)."""
+
+        use_squeue = False
+
+        def update(self) -> None:
+            command = self._make_command()
+            if command is None:
+                return
+            self._num_calls += 1
+            if not self.use_squeue:
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode == 0:
+                    self._store(done.stdout)
+                    return
+                message = (done.stderr or done.stdout).strip()
+                type(self).use_squeue = True
+                log.info("sacct cannot report job states here (%s): job states come from squeue",
+                         message.splitlines()[0] if message else f"exit status {done.returncode}")
+            ids = {jid.split("_")[0] for jid in self._registered - self._finished}
+            done = subprocess.run(_squeue_command(ids), capture_output=True, text=True)
+            if done.returncode == 0:  # else (a job already purged): keep the states known
+                self._store("JobID|State|NodeList\n" + done.stdout)
+            else:
+                log.debug("squeue: %s", done.stderr.strip())
+                self._store("")
+
+        def _store(self, output: str) -> None:
+            import time
+
+            self._info_dict.update(self.read_info(output))
+            self._last_status_check = time.time()
+            for job_id in self._registered - self._finished:
+                if self.is_done(job_id, mode="cache"):
+                    self._finished.add(job_id)
+
+    return SqueueWatcher
+
+
+def _install_watcher() -> None:
+    """Make every submitit SLURM job of this process use :class:`SqueueWatcher` (submitit
+    keeps one watcher for all its SLURM jobs, a class attribute)."""
+    from submitit.slurm.slurm import SlurmJob
+
+    if type(SlurmJob.watcher).__name__ != "SqueueWatcher":
+        SlurmJob.watcher = _make_watcher_class()(delay_s=600)
+
+
+class _HoldSbatchErrors(io.TextIOBase):
+    """``sys.stderr`` while jobs are submitted: submitit prints a refused sbatch's stderr
+    before raising it; that text is held (it becomes the error's sentence), everything
+    else passes through."""
+
+    def __init__(self, target: Any):
+        self.target = target
+        self.held: list[str] = []
+        self._after_held = False
+
+    def write(self, text: str) -> int:
+        if text.startswith("sbatch: "):
+            self.held.append(text)
+            self._after_held = True
+            return len(text)
+        if self._after_held and text == "\n":  # the end of print()'s line
+            self._after_held = False
+            return len(text)
+        self._after_held = False
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+@contextmanager
+def _held_sbatch_errors() -> Iterator[_HoldSbatchErrors]:
+    stream = _HoldSbatchErrors(sys.stderr)
+    saved, sys.stderr = sys.stderr, stream
+    try:
+        yield stream
+    finally:
+        sys.stderr = saved
+
+
+def sbatch_refusal(exc: BaseException) -> str | None:
+    """sbatch's own message when ``exc`` is submitit's error for a refused submission."""
+    cause = exc.__cause__
+    if not isinstance(cause, subprocess.CalledProcessError):
+        return None
+    if "sbatch" not in Path(str((cause.cmd or [""])[0])).name:
+        return None
+    text = cause.stderr or cause.output or ""
+    text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(dict.fromkeys(lines)) or f"exit status {cause.returncode}"
+
+
+def remove_unstarted_sweep(sweep_dir: Path, stop: Path | None = None) -> bool:
+    """Remove ``sweep_dir`` when it holds no job folder (only ``.submitit/`` and
+    ``multirun.yaml``), and the parents this leaves empty up to ``stop``."""
+    if not sweep_dir.is_dir() or any(p.name not in (".submitit", "multirun.yaml")
+                                     for p in sweep_dir.iterdir()):
+        return False
+    shutil.rmtree(sweep_dir)
+    cur = sweep_dir.parent.resolve()
+    stop = stop.resolve() if stop is not None else None
+    while stop is not None and cur != stop and stop in cur.parents:
+        try:
+            cur.rmdir()  # only when empty
+        except OSError:
+            break
+        cur = cur.parent
+    return True
+
+
+def checked_launch(launcher: Any, launch: Callable[[], Any]) -> Any:
+    """Run ``launch`` (hydra-submitit-launcher's ``SlurmLauncher.launch`` of ``launcher``)
+    with the squeue watcher and a refused sbatch as one sentence (exit status 2)."""
+    from submitit.core.utils import FailedJobError
+
+    from segflow.errors import exit_on_user_error
+    from segflow.runs.folders import output_root
+
+    _install_watcher()
+    with exit_on_user_error(log):  # the sentence, exit status 2
+        try:
+            with _held_sbatch_errors():
+                return launch()
+        except FailedJobError as exc:
+            refusal = sbatch_refusal(exc)
+            if refusal is None:
+                raise
+            remove_unstarted_sweep(Path(str(launcher.config.hydra.sweep.dir)), output_root())
+            raise ConfigError(
+                f'sbatch refused the job ("{refusal}"): change the slurm.* keys to what the '
+                f"cluster offers (slurm.partition={launcher.params.get('partition')}, "
+                f"slurm.gpus_per_node; `sinfo` lists the partitions); nothing was submitted"
+            ) from None
