@@ -72,3 +72,25 @@ class SignalAt(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.epoch is not None and trainer.current_epoch == self.epoch:
             self._fire(trainer)
+
+
+class WeightDigest(Callback):
+    """Writes ``<folder>/rank<global rank>.json`` at the end of fit: the world size, the
+    node and a SHA-256 of the network's weights (DDP ranks must hold identical weights)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import hashlib
+        import socket
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps({
+            "world_size": trainer.world_size, "global_step": trainer.global_step,
+            "node": os.environ.get("SLURMD_NODENAME", socket.gethostname()),
+            "weights": digest.hexdigest()}))

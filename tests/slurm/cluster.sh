@@ -9,6 +9,7 @@
 #   tests/slurm/cluster.sh start     # start the daemons, wait until both nodes are idle
 #   eval "$(tests/slurm/cluster.sh env)"   # SLURM_CONF for sbatch/squeue/sinfo in this shell
 #   tests/slurm/cluster.sh status    # sinfo of this cluster
+#   tests/slurm/cluster.sh running   # exit status 0 when its slurmctld is up
 #   tests/slurm/cluster.sh stop      # cancel its jobs, stop exactly the daemons it started
 #
 # Ports: $SEGFLOW_SLURM_PORT (default 16817) for slurmctld, the next two for n1 and n2.
@@ -165,6 +166,7 @@ case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) sinfo -N ;;
+    running) live_pid "$DIR/run/slurmctld.pid" slurmctld >/dev/null ;;
     env) echo "export SLURM_CONF=$CONF" ;;
-    *) die "usage: $0 install|start|stop|status|env" ;;
+    *) die "usage: $0 install|start|stop|status|running|env" ;;
 esac
