@@ -94,3 +94,27 @@ class WeightDigest(Callback):
             "world_size": trainer.world_size, "global_step": trainer.global_step,
             "node": os.environ.get("SLURMD_NODENAME", socket.gethostname()),
             "weights": digest.hexdigest()}))
+
+
+class SlurmPace(Callback):
+    """Writes ``<folder>/<array task id>.json`` (the SLURM job id, the global step, the
+    restart count) after every training step of a SLURM job and, on the job's first run
+    only, sleeps ``seconds`` after each step: a test can act on the job mid-training
+    (``scontrol requeue``, ``scancel --signal``) at a known step."""
+
+    def __init__(self, folder: str, seconds: float = 1.0) -> None:
+        self.folder, self.seconds = Path(folder), seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        env = os.environ
+        task = env.get("SLURM_ARRAY_TASK_ID", "0")
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{task}" if "SLURM_ARRAY_JOB_ID" in env else env.get("SLURM_JOB_ID")
+        restarts = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{task}.json"
+        tmp.write_text(json.dumps({"job": job, "step": trainer.global_step, "restarts": restarts}))
+        tmp.replace(self.folder / f"{task}.json")
+        if restarts == 0:
+            time.sleep(self.seconds)

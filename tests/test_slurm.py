@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
-from conftest import CONF, TINY, run_dirs, run_entry
+from conftest import CONF, ROOT, TINY, run_dirs, run_entry
 
 # A job of the CPU partition: 1 CPU, 1 GB (the nodes offer 2 CPUs, 2000 MB each).
 CPU_JOB = ["trainer=slurm", "debug=default", "slurm.partition=debug", "slurm.gpus_per_node=0",
@@ -119,3 +124,63 @@ def test_refused_sbatch_is_one_sentence_and_leaves_no_folder(slurm_cluster, work
     assert proc.returncode == 2, _out(proc)
     assert "Invalid generic resource (gres) specification" in proc.stdout + proc.stderr
     assert not (workdir / "outputs" / "multirun").exists()
+
+
+def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None or time.time() > deadline:
+            out, err = proc.communicate(timeout=60) if proc.poll() is None else proc.communicate()
+            raise AssertionError(f"{what}: not seen\n{out[-2000:]}\n{err[-4000:]}")
+        time.sleep(0.5)
+
+
+def _paced_step(pace: Path, task: int) -> dict:
+    try:
+        return json.loads((pace / f"{task}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"step": -1}
+
+
+@pytest.mark.slurm
+def test_requeue_and_usr1_resume_to_the_same_step_count(slurm_cluster, workdir):  # noqa: F811
+    # Three jobs of one config (their own experiment names, so each resumes its own run):
+    # 0 runs through, 1 is requeued with `scontrol requeue`, 2 gets SIGUSR1 as
+    # `sbatch --signal=USR1@90` sends it before a time limit (Lightning writes hpc_ckpt and
+    # requeues the job itself). The requeued jobs resume and end at job 0's step count.
+    pace = workdir / "pace"
+    cmd = [sys.executable, "-m", "segflow.train", "-m", *TINY, *CPU_JOB, "trainer.max_epochs=3",
+           "experiment_name=plain,requeued,usr1", "sweep_name=requeue",
+           "+callbacks.pace._target_=tests.probes.SlurmPace", f"+callbacks.pace.folder={pace}",
+           "+callbacks.pace.seconds=1.5"]
+    env = {**os.environ, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
+           "SEGFLOW_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(ROOT),
+           "HYDRA_FULL_ERROR": "0", **slurm_cluster.env}
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _paced_step(pace, 1)["step"] >= 3, "job 1 at step 3", proc)
+        done = slurm_cluster.run("scontrol", "requeue", _paced_step(pace, 1)["job"])
+        assert done.returncode == 0, done.stderr
+        _wait_for(lambda: _paced_step(pace, 2)["step"] >= 3, "job 2 at step 3", proc)
+        done = slurm_cluster.run("scancel", "--signal=USR1", _paced_step(pace, 2)["job"])
+        assert done.returncode == 0, done.stderr
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:] + err[-5000:]
+    jobs = run_dirs(workdir, "multirun")
+    summaries = [json.loads((j / "metrics.json").read_text()) for j in jobs]
+    assert [s["global_step"] for s in summaries] == [6, 6, 6]
+    assert summaries[0]["resumed_from"] is None
+    assert [_paced_step(pace, t)["restarts"] for t in (0, 1, 2)] == [0, 1, 1]
+    # Each requeued job resumed a checkpoint of its own folder: job 1 the last.ckpt written
+    # on SLURM's SIGTERM; job 2 the hpc_ckpt Lightning wrote on SIGUSR1 at step 3, or the
+    # newer last.ckpt of the SIGTERM that its own `scontrol requeue` brought.
+    assert all(Path(s["resumed_from"]).is_relative_to(j) for s, j in zip(summaries[1:], jobs[1:]))
+    assert Path(summaries[1]["resumed_from"]).name == "last.ckpt"
+    assert not list(jobs[1].glob("hpc_ckpt_*.ckpt"))
+    hpc = torch.load(jobs[2] / "hpc_ckpt_1.ckpt", weights_only=True, map_location="cpu")
+    assert hpc["global_step"] >= 3 and "segflow_config" in hpc
+    assert not any((j / "FAILED").exists() for j in jobs)
