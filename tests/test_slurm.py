@@ -178,7 +178,7 @@ def test_requeue_and_usr1_resume_to_the_same_step_count(slurm_cluster, workdir):
     # Each requeued job resumed a checkpoint of its own folder: job 1 the last.ckpt written
     # on SLURM's SIGTERM; job 2 the hpc_ckpt Lightning wrote on SIGUSR1 at step 3, or the
     # newer last.ckpt of the SIGTERM that its own `scontrol requeue` brought.
-    assert all(Path(s["resumed_from"]).is_relative_to(j) for s, j in zip(summaries[1:], jobs[1:]))
+    assert all(Path(s["resumed_from"]).is_relative_to(j) for s, j in zip(summaries[1:], jobs[1:], strict=True))
     assert Path(summaries[1]["resumed_from"]).name == "last.ckpt"
     assert not list(jobs[1].glob("hpc_ckpt_*.ckpt"))
     hpc = torch.load(jobs[2] / "hpc_ckpt_1.ckpt", weights_only=True, map_location="cpu")
