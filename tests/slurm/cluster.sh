@@ -7,7 +7,7 @@
 #
 #   tests/slurm/cluster.sh install   # apt-get install slurm-wlm munge when missing (root)
 #   tests/slurm/cluster.sh start     # start the daemons, wait until both nodes are idle
-#   eval "$(tests/slurm/cluster.sh env)"   # SLURM_CONF for sbatch/squeue/sinfo in this shell
+#   eval "$(tests/slurm/cluster.sh env)"   # SLURM_CONF (sbatch, squeue, sinfo) and MASTER_ADDR
 #   tests/slurm/cluster.sh status    # sinfo of this cluster
 #   tests/slurm/cluster.sh running   # exit status 0 when its slurmctld is up
 #   tests/slurm/cluster.sh stop      # cancel its jobs, stop exactly the daemons it started
@@ -169,6 +169,7 @@ case "${1:-}" in
     stop) cmd_stop ;;
     status) sinfo -N ;;
     running) live_pid "$DIR/run/slurmctld.pid" slurmctld >/dev/null ;;
-    env) echo "export SLURM_CONF=$CONF" ;;
+    # The node names n1/n2 resolve nowhere: multi-node DDP meets at 127.0.0.1 (MASTER_ADDR).
+    env) echo "export SLURM_CONF=$CONF MASTER_ADDR=127.0.0.1" ;;
     *) die "usage: $0 install|start|stop|status|running|env" ;;
 esac
