@@ -11,6 +11,8 @@ where the cluster keeps no accounting.
   first such failure :class:`SqueueWatcher` logs one line and reads the states from
   ``squeue`` instead (which lists finished jobs for the cluster's ``MinJobAge``), so a
   job that ends without a result (cancelled, its node lost) is seen as ended.
+* When the jobs are done, one line per job says whether it finished or failed and how
+  often SLURM requeued it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,30 @@ def remove_unstarted_sweep(sweep_dir: Path, stop: Path | None = None) -> bool:
     return True
 
 
+def _restarts(job_id: str) -> int | None:
+    """How often SLURM requeued the job (``scontrol show job``: ``Restarts=``), None when
+    SLURM no longer knows it."""
+    done = subprocess.run(["scontrol", "--oneliner", "show", "job", job_id], capture_output=True,
+                          text=True)
+    for field in done.stdout.split() if done.returncode == 0 else []:
+        if field.startswith("Restarts=") and field[len("Restarts="):].isdigit():
+            return int(field[len("Restarts="):])
+    return None
+
+
+def summarise(returns: Sequence[Any]) -> None:
+    """One line per job of the sweep: finished or failed, and how often it was requeued."""
+    from hydra.core.utils import JobStatus
+
+    for ret in returns:
+        job = ret.hydra_cfg.hydra.job if ret.hydra_cfg is not None else None
+        job_id = str(job.id) if job is not None else "?"
+        restarts = _restarts(job_id) if job is not None else None
+        state = "finished" if ret.status == JobStatus.COMPLETED else "failed"
+        log.info("job %s (SLURM job %s): %s%s", job.num if job is not None else "?", job_id, state,
+                 f", requeued {restarts} time{'s' if restarts > 1 else ''}" if restarts else "")
+
+
 def checked_launch(launcher: Any, launch: Callable[[], Any]) -> Any:
     """Run ``launch`` (hydra-submitit-launcher's ``SlurmLauncher.launch`` of ``launcher``)
     with the squeue watcher and a refused sbatch as one sentence (exit status 2)."""
@@ -168,7 +194,9 @@ def checked_launch(launcher: Any, launch: Callable[[], Any]) -> Any:
     with exit_on_user_error(log):  # the sentence, exit status 2
         try:
             with _held_sbatch_errors():
-                return launch()
+                returns = launch()
+            summarise(returns)
+            return returns
         except FailedJobError as exc:
             refusal = sbatch_refusal(exc)
             if refusal is None:

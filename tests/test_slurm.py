@@ -184,3 +184,8 @@ def test_requeue_and_usr1_resume_to_the_same_step_count(slurm_cluster, workdir):
     hpc = torch.load(jobs[2] / "hpc_ckpt_1.ckpt", weights_only=True, map_location="cpu")
     assert hpc["global_step"] >= 3 and "segflow_config" in hpc
     assert not any((j / "FAILED").exists() for j in jobs)
+    # The sweep's summary: each job finished, the two requeued ones say so.
+    summary_lines = [ln for ln in (out + err).splitlines() if "(SLURM job " in ln]
+    assert len(summary_lines) == 3, summary_lines
+    assert summary_lines[0].endswith("): finished")
+    assert all(ln.endswith("): finished, requeued 1 time") for ln in summary_lines[1:])
