@@ -113,6 +113,8 @@ cmd_start() {
     write_conf
     start_munge
     if ! live_pid "$DIR/run/slurmctld.pid" slurmctld >/dev/null; then
+        # A fresh controller: no jobs or node states of an earlier cluster in this folder.
+        rm -rf "${DIR:?}"/ctld/* "${DIR:?}"/spool/*/*
         slurmctld -i -f "$CONF" || die "slurmctld did not start: $(tail -n 3 "$DIR/log/slurmctld.log" 2>/dev/null)"
     fi
     local node
