@@ -12,13 +12,15 @@ where the cluster keeps no accounting.
   ``squeue`` instead (which lists finished jobs for the cluster's ``MinJobAge``), so a
   job that ends without a result (cancelled, its node lost) is seen as ended.
 * When the jobs are done, one line per job says whether it finished or failed and how
-  often SLURM requeued it.
+  often SLURM requeued it; a job that ended without a result (its task failed, it was
+  cancelled, its node was lost) stops the sweep with one sentence, exit status 1.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from segflow.errors import ConfigError
+from segflow.errors import ConfigError, SegflowError
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +184,31 @@ def summarise(returns: Sequence[Any]) -> None:
                  f", requeued {restarts} time{'s' if restarts > 1 else ''}" if restarts else "")
 
 
+class JobEnded(SegflowError, RuntimeError):
+    """A job of the sweep ended without a result (failed, cancelled, its node lost): exit 1."""
+
+    exit_code = 1
+
+
+def job_ended(exc: BaseException) -> str:
+    """One sentence for submitit's error about a job that ended without a result."""
+    lines = []
+    for line in (ln.strip() for ln in str(exc).splitlines()):
+        if line.startswith(("---", "Error stream", "Traceback")) or len(lines) == 2:
+            break
+        lines.append(line)
+    first = re.sub(r" with path \S+", "", " ".join(lines)) or type(exc).__name__
+    match = re.search(r"with path (\S+)", str(exc))
+    where = f" (its SLURM logs: {Path(match.group(1)).parent})" if match else ""
+    return (f"a SLURM job of the sweep ended without a result: {first.rstrip('.:')}{where}; "
+            f"its run folder is marked FAILED with the reason where training had started, and "
+            f"the same command with resume=auto continues from its last checkpoint")
+
+
 def checked_launch(launcher: Any, launch: Callable[[], Any]) -> Any:
     """Run ``launch`` (hydra-submitit-launcher's ``SlurmLauncher.launch`` of ``launcher``)
     with the squeue watcher and a refused sbatch as one sentence (exit status 2)."""
-    from submitit.core.utils import FailedJobError
+    from submitit.core.utils import UncompletedJobError
 
     from segflow.errors import exit_on_user_error
     from segflow.runs.folders import output_root
@@ -197,10 +220,10 @@ def checked_launch(launcher: Any, launch: Callable[[], Any]) -> Any:
                 returns = launch()
             summarise(returns)
             return returns
-        except FailedJobError as exc:
+        except UncompletedJobError as exc:  # FailedJobError included
             refusal = sbatch_refusal(exc)
             if refusal is None:
-                raise
+                raise JobEnded(job_ended(exc)) from None
             remove_unstarted_sweep(Path(str(launcher.config.hydra.sweep.dir)), output_root())
             raise ConfigError(
                 f'sbatch refused the job ("{refusal}"): change the slurm.* keys to what the '

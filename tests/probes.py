@@ -97,8 +97,9 @@ class WeightDigest(Callback):
 
 
 class SlurmPace(Callback):
-    """Writes ``<folder>/<array task id>.json`` (the SLURM job id, the global step, the
-    restart count) after every training step of a SLURM job and, on the job's first run
+    """Writes ``<folder>/<array task id>.json`` (``<task>_rank<r>.json`` for DDP rank r > 0:
+    the SLURM job id, the global step, the restart count, the process id and node) after
+    every training step of a SLURM job and, on the job's first run
     only, sleeps ``seconds`` after each step: a test can act on the job mid-training
     (``scontrol requeue``, ``scancel --signal``) at a known step."""
 
@@ -113,8 +114,11 @@ class SlurmPace(Callback):
         job = f"{env['SLURM_ARRAY_JOB_ID']}_{task}" if "SLURM_ARRAY_JOB_ID" in env else env.get("SLURM_JOB_ID")
         restarts = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{task}.json"
-        tmp.write_text(json.dumps({"job": job, "step": trainer.global_step, "restarts": restarts}))
-        tmp.replace(self.folder / f"{task}.json")
+        rank = trainer.global_rank
+        name = f"{task}.json" if rank == 0 else f"{task}_rank{rank}.json"
+        tmp = self.folder / f".{name}"
+        tmp.write_text(json.dumps({"job": job, "step": trainer.global_step, "restarts": restarts,
+                                   "pid": os.getpid(), "node": env.get("SLURMD_NODENAME")}))
+        tmp.replace(self.folder / name)
         if restarts == 0:
             time.sleep(self.seconds)

@@ -23,6 +23,16 @@ class SlurmCluster:
     conf: Path
 
     @property
+    def state(self) -> Path:
+        """The cluster's folder (pid files under ``run/``, logs under ``log/``)."""
+        return self.conf.parent
+
+    def start(self) -> None:
+        """Start whatever daemon of the cluster is not running (a node stopped by a test)."""
+        done = _script("start", {**os.environ, "SEGFLOW_SLURM_DIR": str(self.state)}, 120)
+        assert done.returncode == 0, done.stderr
+
+    @property
     def env(self) -> dict[str, str]:
         # The node names n1/n2 resolve nowhere: DDP's rendezvous address is given as an IP.
         return {"SLURM_CONF": str(self.conf), "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -189,3 +190,50 @@ def test_requeue_and_usr1_resume_to_the_same_step_count(slurm_cluster, workdir):
     assert len(summary_lines) == 3, summary_lines
     assert summary_lines[0].endswith("): finished")
     assert all(ln.endswith("): finished, requeued 1 time") for ln in summary_lines[1:])
+
+
+@pytest.mark.slurm
+@pytest.mark.slow  # two 2-node jobs and a node's return: ~2 min on 2 busy cores
+def test_a_lost_node_fails_the_job_in_bounded_time_and_resume_auto_finishes(slurm_cluster,  # noqa: F811
+                                                                          workdir):
+    # A 2-node DDP job loses its second node mid-epoch: that node's slurmd and task are
+    # killed (kill -9). The job ends within a bounded time, the run is marked FAILED, and
+    # the same command with resume=auto continues it to the full step count.
+    pace = workdir / "pace"
+    args = ["slurm.nodes=2", "trainer.max_epochs=3", "sweep_name=lost"]
+    cmd = [sys.executable, "-m", "segflow.train", "-m", *TINY, *CPU_JOB, *args,
+           "+callbacks.pace._target_=tests.probes.SlurmPace", f"+callbacks.pace.folder={pace}",
+           "+callbacks.pace.seconds=1.5"]
+    env = {**os.environ, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
+           "SEGFLOW_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(ROOT),
+           "HYDRA_FULL_ERROR": "0", **slurm_cluster.env}
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        rank1 = pace / "0_rank1.json"
+        _wait_for(lambda: rank1.exists() and json.loads(rank1.read_text())["step"] >= 3,
+                  "rank 1 at step 3", proc)
+        lost = json.loads(rank1.read_text())
+        slurmd = int((slurm_cluster.state / "run" / f"slurmd-{lost['node']}.pid").read_text())
+        os.kill(slurmd, signal.SIGKILL)
+        os.kill(lost["pid"], signal.SIGKILL)
+        killed = time.time()
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        slurm_cluster.start()  # the node comes back (ReturnToService=2)
+    assert proc.returncode == 1, out[-3000:] + err[-5000:]
+    (failed,) = run_dirs(workdir, "multirun")
+    # The surviving rank saw its peer go at once (not after ddp_timeout_s) and marked the run.
+    assert (failed / "FAILED").stat().st_mtime - killed < 30
+    assert "Traceback" not in out + err
+    assert "a SLURM job of the sweep ended without a result" in out + err
+    assert "another DDP rank died" in (failed / "FAILED").read_text()
+
+    proc = _sweep(slurm_cluster, workdir, *args, "resume=auto")
+    assert proc.returncode == 0, _out(proc)
+    (resumed,) = [j for j in run_dirs(workdir, "multirun") if j != failed]
+    summary = json.loads((resumed / "metrics.json").read_text())
+    assert summary["global_step"] == 6
+    assert Path(summary["resumed_from"]).is_relative_to(failed)
