@@ -72,3 +72,53 @@ class SignalAt(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.epoch is not None and trainer.current_epoch == self.epoch:
             self._fire(trainer)
+
+
+class WeightDigest(Callback):
+    """Writes ``<folder>/rank<global rank>.json`` at the end of fit: the world size, the
+    node and a SHA-256 of the network's weights (DDP ranks must hold identical weights)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import hashlib
+        import socket
+
+        digest = hashlib.sha256()
+        for name, tensor in sorted(pl_module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps({
+            "world_size": trainer.world_size, "global_step": trainer.global_step,
+            "node": os.environ.get("SLURMD_NODENAME", socket.gethostname()),
+            "weights": digest.hexdigest()}))
+
+
+class SlurmPace(Callback):
+    """Writes ``<folder>/<array task id>.json`` (``<task>_rank<r>.json`` for DDP rank r > 0:
+    the SLURM job id, the global step, the restart count, the process id and node) after
+    every training step of a SLURM job and, on the job's first run
+    only, sleeps ``seconds`` after each step: a test can act on the job mid-training
+    (``scontrol requeue``, ``scancel --signal``) at a known step."""
+
+    def __init__(self, folder: str, seconds: float = 1.0) -> None:
+        self.folder, self.seconds = Path(folder), seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        env = os.environ
+        task = env.get("SLURM_ARRAY_TASK_ID", "0")
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{task}" if "SLURM_ARRAY_JOB_ID" in env else env.get("SLURM_JOB_ID")
+        restarts = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        rank = trainer.global_rank
+        name = f"{task}.json" if rank == 0 else f"{task}_rank{rank}.json"
+        tmp = self.folder / f".{name}"
+        tmp.write_text(json.dumps({"job": job, "step": trainer.global_step, "restarts": restarts,
+                                   "pid": os.getpid(), "node": env.get("SLURMD_NODENAME")}))
+        tmp.replace(self.folder / name)
+        if restarts == 0:
+            time.sleep(self.seconds)

@@ -13,13 +13,16 @@ A user error inside a resolver is printed as its one sentence and exits with sta
   prediction, refused before anything is written in it (``predict.yaml``);
 * ``segflow_export_dir:<output_dir>,<run_dir>,<format>``: the folder of an export (``export.yaml``);
 * ``segflow.rank0_only:<value>`` / ``segflow.rank_log:<stem>``: ``.hydra/`` and the log file
-  of global rank 0 only, where every task of a job runs Hydra (``launcher=slurm``).
+  of global rank 0 only, where every task of a job runs Hydra (``launcher=slurm``, torchrun);
+* ``segflow.slurm_*``: the sbatch request and Trainer devices of ``slurm.*``
+  (:mod:`segflow.conf.slurm_keys`).
 """
 
 from __future__ import annotations
 
 from omegaconf import OmegaConf
 
+from segflow.conf.slurm_keys import RESOLVERS as SLURM_RESOLVERS
 from segflow.runs import layout as L
 
 
@@ -48,3 +51,5 @@ def register_resolvers() -> None:
     add("segflow_export_dir", L.exit_in_resolver(_export_dir), cache=True)
     add("segflow.rank0_only", lambda value: value if _rank() == 0 else None)
     add("segflow.rank_log", lambda stem: L.log_name(stem, _rank()))
+    for name, fn in SLURM_RESOLVERS.items():
+        add(name, L.exit_in_resolver(fn))

@@ -284,12 +284,21 @@ def _is_secondary_rank() -> bool:
 def shared_claims(kind: str, paths: list[Path]) -> list[Path]:
     """:func:`claim_dir` for each of ``paths`` on rank 0; the folders chosen are put into the
     environment, where the DDP ranks Lightning starts later (same command line) find them
-    instead of claiming folders of their own."""
+    instead of claiming folders of their own; the ranks > 0 of a ``torchrun`` job get them
+    from rank 0 (:mod:`segflow.runs.torchrun`)."""
+    from segflow.runs import torchrun
+
     key = f"SEGFLOW_CLAIMED_{kind.upper()}"
     if _is_secondary_rank() and key in os.environ:
         return [Path(p) for p in json.loads(os.environ[key])]
+    rank = torchrun.torchrun_rank()  # the processes of a torchrun job: rank 0's folders
+    if rank:
+        os.environ[key] = torchrun.receive(key)
+        return [Path(p) for p in json.loads(os.environ[key])]
     claimed = [claim_dir(p) for p in paths]
     os.environ[key] = json.dumps([str(p) for p in claimed])
+    if rank == 0:
+        torchrun.publish(key, os.environ[key])
     return claimed
 
 
