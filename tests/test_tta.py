@@ -85,3 +85,32 @@ def test_tta_is_a_checked_sampling_setting():
     assert Supervised().with_settings(tta=4).sampling_settings() == {"tta": 4}
     with pytest.raises(ValueError, match="tta"):
         Supervised().with_settings(tta=3)
+
+
+def test_small_component_removal_drops_islands_below_the_size_and_keeps_the_rest():
+    """CS-Net + small-component removal (the control for β0 claims): islands smaller than
+    ``min_component`` pixels go to probability 0, larger vessels stay, 0 changes nothing."""
+    import torch
+
+    from segflow.inference.window import predict_image
+    from segflow.methods import Supervised
+
+    class Fixed(torch.nn.Module):
+        in_channels, out_channels, size_multiple = 1, 1, 1
+
+        def forward(self, image):
+            logits = torch.full_like(image, -10.0)
+            logits[..., 2:30, 10:12] = 10.0   # a vessel of 56 px
+            logits[..., 5:7, 20:22] = 10.0    # an island of 4 px
+            logits[..., 20, 25] = 10.0        # an island of 1 px
+            return logits
+
+    image = torch.zeros(1, 1, 32, 32)
+    plain = predict_image(Supervised(), Fixed(), image)
+    assert int((plain.probs > 0.5).sum()) == 61
+    cleaned = predict_image(Supervised().with_settings(min_component=5), Fixed(), image)
+    assert int((cleaned.probs > 0.5).sum()) == 56 and cleaned.probs[0, 0, 5, 20] == 0
+    small = predict_image(Supervised().with_settings(min_component=2), Fixed(), image)
+    assert int((small.probs > 0.5).sum()) == 60
+    assert Supervised().with_settings(min_component=5).sampling_settings() == {"min_component": 5}
+    assert Supervised().sampling_settings() == {}

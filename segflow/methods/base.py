@@ -45,7 +45,7 @@ from segflow.networks.base import Denoiser
 
 #: Sampling settings whose default is left out of an evaluation's name and settings (every
 #: run has them): one pass, and the full-scale starting noise.
-UNNAMED_DEFAULTS: dict[str, float] = {"tta": 1, "temperature": 1.0}
+UNNAMED_DEFAULTS: dict[str, float] = {"tta": 1, "temperature": 1.0, "min_component": 0}
 
 TTA_PASSES = (1, 2, 4, 8)
 """Test-time augmentation sizes: identity, + horizontal flip, + vertical flip and half turn,
@@ -84,10 +84,15 @@ class Method(nn.Module, ABC):
     """
 
     net_type: ClassVar[type[nn.Module]] = nn.Module
-    sampling_keys: ClassVar[tuple[str, ...]] = ("tta",)
+    sampling_keys: ClassVar[tuple[str, ...]] = ("tta", "min_component")
     #: Test-time augmentation: passes over the image's flips / quarter turns whose
     #: probabilities are averaged (:func:`segflow.inference.window.predict_image`); 1 = none.
     tta: int = 1
+    #: Small-component removal (one-pass methods): connected foreground components
+    #: (8-connected, at probability 0.5) smaller than this many pixels are set to
+    #: probability 0 (:func:`segflow.inference.window.remove_small_components`); 0 = off.
+    #: The size is chosen on val (``segflow.eval split=val grid.min_component=[0,16,64]``).
+    min_component: int = 0
     #: Whether the method samples (starting noise, steps, an ensemble) rather than predicting
     #: in one pass; benchmarks and the comparison ask this, never the class.
     generative: ClassVar[bool] = False
@@ -202,6 +207,8 @@ class Method(nn.Module, ABC):
 
     def validate(self) -> None:
         """Check the settings; raise ``ValueError`` naming the bad one. Overrides call it."""
+        if int(getattr(self, "min_component", 0)) < 0:
+            raise ValueError(f"min_component (pixels) must be >= 0, got {self.min_component}")
         if int(self.tta) not in TTA_PASSES:
             raise ValueError(f"tta (test-time augmentation passes) must be one of "
                              f"{list(TTA_PASSES)}, got {self.tta}")
