@@ -125,7 +125,7 @@ def _fit(module, callbacks, epochs: int, **kw):
 
     trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0, **kw)
+                         accelerator="cpu", num_sanity_val_steps=0, **{"enable_model_summary": False, **kw})
     trainer.fit(module)
 
 
@@ -153,3 +153,13 @@ def test_epoch_lines_mark_epochs_without_a_validation_and_give_an_eta(caplog):
     assert "no validation this epoch (last: epoch 2)" in epochs[2] and "0.6100" not in epochs[2]
     assert "val/dice 0.7200" in epochs[3]
     assert all("ETA" in ln for ln in epochs) and epochs[3].endswith("ETA 0 s)")
+
+
+def test_the_model_summary_has_no_column_of_zero_flops(caplog):
+    from segflow.engine.callbacks import ModelSummary
+
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning.callbacks.model_summary"):
+        _fit(_Scripted.make([0.5]), [ModelSummary(max_depth=1)], epochs=1,
+             enable_model_summary=True, check_val_every_n_epoch=1)
+    (table,) = [r.getMessage() for r in caplog.records if "Total params" in r.getMessage()]
+    assert "Params" in table and "FLOPs" not in table and "Total Flops" not in table
