@@ -125,3 +125,20 @@ def test_a_missing_field_of_view_mask_is_one_sentence(tiny_runs, tmp_path):
     with pytest.raises(DataError, match=r"has no mask for 1 of the 2 images \(e.g. 02_test"):
         predict_folder(_cfg([f"run_dir={tiny_runs.get('unet')}", f"input_dir={tmp_path / 'in'}",
                              f"fov_dir={tmp_path / 'fov'}", f"output_dir={tmp_path / 'o'}"]))
+
+
+def test_predict_help_is_specific_and_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = ['segflow-predict', '--help']; import segflow.predict as p; "
+            "p.main(); print('torch loaded:', 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(CONF.parents[1])})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "segment a folder of new (unlabelled) images" in out
+    for key in ("run_dir:", "input_dir:", "fov_dir:", "fov:", "device:", "model:"):
+        assert f"\n  {key}" in out, key
+    assert "trainer" not in out.split("Keys")[1].split("debug=default")[0]  # no groups that do not apply
+    assert "torch loaded: False" in out  # so it prints at once
