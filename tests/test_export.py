@@ -182,10 +182,12 @@ def _reproduce(model, manifest: dict, image: np.ndarray, seed: int = 0) -> np.nd
                 out, raw_kind = torch.tanh(out / 2), "x0"
             else:
                 raw_kind = raw
-            x0 = {"eps": lambda: (state - s * out) / a, "x0": lambda: out,
-                  "v": lambda: a * state - s * out}[raw_kind]()
-            eps = {"eps": lambda: out, "v": lambda: s * state + a * out}.get(
-                raw_kind, lambda: (state - a * x0) / s)()
+            if raw_kind == "eps":
+                x0, eps = (state - s * out) / a, out
+            elif raw_kind == "x0":
+                x0, eps = out, (state - a * out) / s
+            else:  # v
+                x0, eps = a * state - s * out, s * state + a * out
             if r["clip_x0"]:
                 x0 = x0.clamp(-1, 1)
                 eps = (state - a * x0) / s

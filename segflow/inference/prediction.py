@@ -23,8 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
 from segflow.data.finite import check_finite_output
-from segflow.data.io import IMAGE_EXTS, list_images
-from segflow.data.io import decode_image
+from segflow.data.io import IMAGE_EXTS, decode_image, list_images
 from segflow.inference.api import auto_fov, fov_array, load_run
 from segflow.inference.window import resolve_device
 from segflow.infra.debug import debug_sampling
