@@ -3,6 +3,9 @@
 VENV    := .venv
 PY      ?= $(VENV)/bin/python
 ARGS    ?=
+# make train without ARGS: this experiment (a first run sized for minutes on a CPU);
+# PRESET= (empty) or any ARGS: the full recipe of the configs, with those overrides.
+PRESET  ?= first_run
 BG      ?= 0
 PORT    ?= 6006
 MODE    ?= quick
@@ -29,27 +32,39 @@ endif
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/bin/python:
+# CPU=1: the CPU build of torch from PyTorch's CPU index first (no CUDA libraries, no
+# triton), so that the editable install finds torch satisfied and keeps it; the default
+# (CPU=0) takes PyPI's torch, a CUDA build on Linux x86_64. TORCH_SPEC: pyproject's range.
+CPU        ?= 0
+TORCH_SPEC ?= torch>=2.4,<2.15
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+define make_venv
 	python3 -m venv $(VENV)
+	$(if $(filter 1,$(CPU)),$(VENV)/bin/pip install --index-url $(TORCH_CPU_INDEX) "$(TORCH_SPEC)")
 	$(VENV)/bin/pip install -e ".[dev]"
+endef
 
-install:  ## create (or update) .venv and install segflow with its dev tools
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -e ".[dev]"
+$(VENV)/bin/python:
+	$(make_venv)
+
+install:  ## create (or update) .venv and install segflow with its dev tools (CPU=1: a CPU-only torch)
+	$(make_venv)
 
 # BG=1: detached (nohup, own session); prints the PID and the log files, which live in the
 # run folder (pinned first with hydra.run.dir so the path is known before the run starts).
-train: | $(NEEDS_VENV)  ## train the default model (ARGS="model=csnet data=synthetic_octa ..."; BG=1 in the background)
+TRAIN_ARGS = $(if $(strip $(ARGS)),$(ARGS),$(if $(strip $(PRESET)),experiment=$(PRESET)))
+
+train: | $(NEEDS_VENV)  ## a first run in minutes (experiment=first_run); ARGS="model=csnet ..." the full recipe with overrides; BG=1 in the background
 ifeq ($(BG),1)
-	@dir=$$($(PY) -m segflow.train $(ARGS) $(BG_ARGS) --cfg all --resolve -p hydra.run 2>/dev/null | sed -n 's/^dir: //p'); \
-	if [ -z "$$dir" ]; then $(PY) -m segflow.train $(ARGS) $(BG_ARGS) --cfg job >/dev/null; exit 2; fi; \
+	@dir=$$($(PY) -m segflow.train $(TRAIN_ARGS) $(BG_ARGS) --cfg all --resolve -p hydra.run 2>/dev/null | sed -n 's/^dir: //p'); \
+	if [ -z "$$dir" ]; then $(PY) -m segflow.train $(TRAIN_ARGS) $(BG_ARGS) --cfg job >/dev/null; exit 2; fi; \
 	mkdir -p "$$dir"; \
-	nohup setsid $(PY) -m segflow.train $(ARGS) $(BG_ARGS) "hydra.run.dir='$$dir'" \
+	nohup setsid $(PY) -m segflow.train $(TRAIN_ARGS) $(BG_ARGS) "hydra.run.dir='$$dir'" \
 		> "$$dir/console.log" 2>&1 < /dev/null & \
 	echo "PID $$!"; echo "log $$dir/train.log"; echo "console $$dir/console.log"; \
 	echo "follow: make logs   stop (writes last.ckpt): kill $$!"
 else
-	$(PY) -m segflow.train $(ARGS)
+	$(PY) -m segflow.train $(TRAIN_ARGS)
 endif
 
 sweep: | $(NEEDS_VENV)  ## the architecture sweep: MODELS=unet,csnet,medsegdiff_small,flow_small DATA=synthetic_xca [LAUNCHER=joblib] [ARGS=...]

@@ -65,9 +65,12 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def run_entry(module: str, args: list[str], workdir: Path, timeout: float = 300,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m <module> <args>`` in ``workdir`` with outputs/data kept inside it."""
-    full_env = {**os.environ, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
+              env: dict[str, str] | None = None,
+              unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``python -m <module> <args>`` in ``workdir`` with outputs/data kept inside it
+    (``unset``: prefixes of environment variables to leave out, e.g. ``SLURM_``)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(unset or ("\0",))}
+    full_env = {**inherited, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
                 "SEGFLOW_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(ROOT),
                 "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=workdir, env=full_env,
@@ -106,8 +109,20 @@ TOY_ENV = {"PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}
 TOY_SEARCHPATH = f"hydra.searchpath=[file://{TESTS / 'conf'}]"
 
 
+def fake_srun_env(folder: Path) -> dict[str, str]:
+    """PATH with an ``srun`` executable first, as on a machine where SLURM is installed
+    (Lightning then hints at srun in every Trainer); run with ``unset=("SLURM_",)``, i.e.
+    outside a SLURM job, whatever the host."""
+    folder.mkdir(parents=True, exist_ok=True)
+    srun = folder / "srun"
+    srun.write_text("#!/bin/sh\nexit 1\n")
+    srun.chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 class TinyRuns:
-    """Trains each tiny run once per test session (lazily), in one shared work folder."""
+    """Trains each tiny run once per test session (lazily), in one shared work folder, on
+    a host that looks the same everywhere: ``srun`` on PATH, no SLURM job."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
@@ -118,7 +133,8 @@ class TinyRuns:
         if model not in self._runs:
             args = [*TINY, "debug=default", "trainer.max_epochs=2", f"model={model}",
                     f"experiment_name=tiny_{model}", TOY_SEARCHPATH]
-            proc = run_entry("segflow.train", args, self.workdir, env=TOY_ENV)
+            env = {**TOY_ENV, **fake_srun_env(self.workdir / "bin")}
+            proc = run_entry("segflow.train", args, self.workdir, env=env, unset=("SLURM_",))
             assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
             runs = [r for r in run_dirs(self.workdir) if r.parent.name == f"tiny_{model}"]
             assert len(runs) == 1, runs

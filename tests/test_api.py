@@ -179,3 +179,11 @@ def test_predict_refuses_other_inputs_with_one_sentence(tiny_runs, bad, message)
 def test_load_run_is_listed_by_dir_and_all():
     assert "load_run" in segflow.__all__ and "load_run" in dir(segflow)
     assert callable(segflow.load_run)
+
+
+def test_repr_of_a_run_says_what_it_is(tiny_runs):
+    run = segflow.load_run(tiny_runs.get("toy_flow"))
+    text = repr(run)
+    assert text.startswith("Run(toy_flow: ToyDenoiser + ToyFlow, data=synthetic_xca, checkpoint=")
+    assert "best.ckpt" in text and "device=cpu" in text and "threshold=0.5" in text
+    assert "n_samples=2" in text and "steps=2" in text and " object at 0x" not in text

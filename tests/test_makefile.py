@@ -64,3 +64,26 @@ def test_compare_passes_seeds_and_refuses_an_empty_model_list(tmp_path):
     proc = subprocess.run(["make", "--no-print-directory", "-C", str(tmp_path), "compare", "MODELS=",
                            "ARGS=debug=default"], capture_output=True, text=True, timeout=30, env=env)
     assert proc.returncode != 0 and "MODELS is empty" in proc.stdout + proc.stderr
+
+
+def test_install_takes_a_cpu_torch_only_when_asked(tmp_path):
+    shutil.copy(ROOT / "Makefile", tmp_path)
+    default = _make(tmp_path, "-n", "install").splitlines()
+    assert default == ["python3 -m venv .venv", '.venv/bin/pip install -e ".[dev]"']  # unchanged
+    cpu = _make(tmp_path, "-n", "install", "CPU=1").splitlines()
+    assert cpu[0] == "python3 -m venv .venv" and cpu[2] == default[1]
+    # torch first, from PyTorch's CPU index, in pyproject's range: the editable install keeps it
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (spec,) = re.findall(r'"(torch[<>=][^"]*)"', pyproject)
+    assert cpu[1] == f'.venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu "{spec}"'
+
+
+def test_train_alone_is_the_first_run_and_any_args_the_full_recipe(tmp_path):
+    shutil.copy(ROOT / "Makefile", tmp_path)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "python").touch()
+    assert _make(tmp_path, "-n", "train").strip() == ".venv/bin/python -m segflow.train experiment=first_run"
+    assert _make(tmp_path, "-n", "train", "PRESET=").strip() == ".venv/bin/python -m segflow.train"
+    assert _make(tmp_path, "-n", "train", "ARGS=model=csnet").strip() == \
+        ".venv/bin/python -m segflow.train model=csnet"
+    assert (ROOT / "segflow" / "conf" / "experiment" / "first_run.yaml").is_file()

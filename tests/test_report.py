@@ -64,8 +64,14 @@ def test_make_report_on_a_multirun_folder(tiny_runs, tmp_path):
         assert r["cldice"] != "" and r["betti0_error"] != ""
     md = (out / "report.md").read_text()
     header = "| run | model | data | experiment_name | model.learning_rate | dice |"
-    assert header in md and "| 1 | toy_flow | synthetic_xca | tiny_toy_flow | 0.01 |" in md
-    assert header in proc.stdout
+    # report.md names the runs as report.html does (short labels), with the folder key
+    assert header in md and "| toy_flow | toy_flow | synthetic_xca | tiny_toy_flow | 0.01 |" in md
+    assert "Runs (unet: 0; toy_flow: 1)" in md
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    assert "unet" in page.cells and "toy_flow" in page.cells and "0" not in page.cells
+    assert header in proc.stdout and "report: reading 2 runs" in proc.stdout
+    assert "report: training curves of 2 runs" in proc.stdout  # progress while it runs
     with (out / "evals.csv").open() as f:
         evals = list(csv.DictReader(f))
     assert [(e["steps"], e["nfe_per_image"], e["dice"]) for e in evals] == [
@@ -73,6 +79,14 @@ def test_make_report_on_a_multirun_folder(tiny_runs, tmp_path):
     for png in ("metrics.png", "dice_vs_nfe.png"):
         img = cv2.imread(str(out / png))
         assert img is not None and img.shape[1] > 300, png
+        _assert_vector_copies(out / png)
+
+
+def _assert_vector_copies(png):
+    """SVG and PDF beside the PNG: real files of their formats."""
+    svg, pdf = png.with_suffix(".svg"), png.with_suffix(".pdf")
+    assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text(), svg
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 1000, pdf
 
 
 def test_report_of_run_folders_and_errors(tiny_runs, tmp_path, capsys):
@@ -80,6 +94,8 @@ def test_report_of_run_folders_and_errors(tiny_runs, tmp_path, capsys):
     assert runs == [tiny_runs.get("unet").resolve()]
     out = write_report([tiny_runs.get("unet")], tmp_path / "r")
     assert "| run | model | data | dice |" in (out / "report.md").read_text()  # no differing keys
+    page = (out / "report.html").read_text()
+    assert "prediction and error" in page and "uncertainty" not in page  # a supervised run
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
@@ -118,6 +134,13 @@ def test_report_html_with_curves_and_qualitative_panels(tiny_runs, tmp_path):
     assert not any(str(tiny_runs.workdir) in c for c in page.cells if c.startswith("unet"))
     panel = cv2.imread(str(out / panels[0]))
     assert panel is not None and panel.shape[0] > 500  # the image row and a row per run
+    for png in ("metrics.png", "curves.png", *panels):
+        _assert_vector_copies(out / png)
+    svgs = " ".join((out / p).with_suffix(".svg").read_text() for p in panels)
+    assert "best of 2 by " in svgs and "worst of 2 by " in svgs  # titled panels
+    assert "and uncertainty per run" in (out / "report.html").read_text()  # toy_flow samples
+    # the rendered panel of a sampling run has a colour bar (its ticks) beside the uncertainty
+    assert "uncertainty (std over members)" in svgs
     # Chosen by name: only that image.
     stem = panels[1].removeprefix("panel_").removesuffix(".png")
     out2 = write_report(runs, tmp_path / "r2", names=[f"{stem}.png"])

@@ -98,11 +98,12 @@ def test_csnet_on_synthetic_octa(train):
 
 
 def test_multirun_writes_one_folder_per_job(train, workdir):
-    proc, _ = train("-m", "model=unet,csnet", "sweep_name=arch")
+    proc, _ = train("-m", "model=unet,csnet")
     jobs = run_dirs(workdir, "multirun")
     assert len(jobs) == 2, jobs
     assert {j.name for j in jobs} == {"0", "1"}
-    assert all(j.parent.parent.name == "arch" for j in jobs)
+    # named after the sweep (the swept key and the data), not after its first model
+    assert all(j.parent.parent.name == "model_synthetic_xca" for j in jobs)
     models = {json.loads((j / "metrics.json").read_text())["model"] for j in jobs}
     assert models == {"unet", "csnet"}
     for j in jobs:
@@ -117,3 +118,16 @@ def test_ema_weights_are_checkpointed_and_raw_weights_kept(train):
     assert "current_model_state" in ckpt and "averaging_state" in ckpt
     key = "net.head.weight"
     assert not torch.equal(ckpt["state_dict"][key], ckpt["current_model_state"][key])
+
+
+def test_the_default_sweep_name_comes_from_the_swept_keys():
+    from segflow.runs.layout import swept_keys
+
+    assert swept_keys(["model=unet,csnet", "data=synthetic_octa", "seed=range(3)"]) == ["model", "seed"]
+    assert swept_keys(["callbacks.time_to_dice.levels=[0.7,0.8]", "+x=choice(1,2)",
+                       "hydra.launcher.n_jobs=2,3", "sweep_name=a,b"]) == ["x"]
+    from segflow.runs.layout import sweep_name
+
+    assert sweep_name("unet_synthetic_xca", "synthetic_xca", ["model=unet,csnet"]) == "model_synthetic_xca"
+    assert sweep_name("unet_x", "x", ["data=a,b", "seed=0,1"]) == "data-seed"
+    assert sweep_name("unet_x", "x", ["model=unet"]) == sweep_name("unet_x", "x", None) == "unet_x"

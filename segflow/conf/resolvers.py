@@ -7,6 +7,8 @@ A user error inside a resolver is printed as its one sentence and exits with sta
 
 * ``segflow_run_dir:<root>,<experiment>,<time>`` / ``segflow_sweep_dir:<root>,<sweep>,<time>``:
   a new run / sweep folder (``hydra/default.yaml``);
+* ``segflow_sweep_name:<experiment>,<data>,<hydra.overrides.task>``: ``sweep_name``'s default, from the keys a
+  multirun sweeps (``train.yaml``);
 * ``segflow_tool_dir:<root>,<kind>,<time>``: a new benchmark folder (``bench.yaml``);
 * ``segflow_eval_logs:<output_dir>,<run_dir>,<time>``: an evaluation's log folder (``eval.yaml``);
 * ``segflow_predict_dir:<output_dir>,<run_dir>,<input_dir>,<overwrite>``: the folder of a
@@ -49,6 +51,7 @@ def register_resolvers() -> None:
     add("segflow_eval_logs", L.exit_in_resolver(L.eval_logs_dir), cache=True)
     add("segflow_predict_dir", L.exit_in_resolver(lambda *a: str(L.prediction_dir(*a))), cache=True)
     add("segflow_export_dir", L.exit_in_resolver(_export_dir), cache=True)
+    add("segflow_sweep_name", L.sweep_name)
     add("segflow.rank0_only", lambda value: value if _rank() == 0 else None)
     add("segflow.rank_log", lambda stem: L.log_name(stem, _rank()))
     for name, fn in SLURM_RESOLVERS.items():

@@ -25,6 +25,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 
 from segflow.engine.callbacks.logger_media import build_loggers, log_config
 from segflow.engine.callbacks.resume import ExactResume, InterruptCheckpoint
+from segflow.engine.callbacks.summary import ModelSummary
 from segflow.engine.distributed import (
     ChildCommand,
     hydra_ddp_job,
@@ -37,6 +38,7 @@ from segflow.engine.preemption import slurm_plugins
 from segflow.infra.atomic import AtomicCheckpointIO, write_json
 from segflow.infra.debug import data_keys, debug_data, debug_sampling
 from segflow.infra.errors import ConfigError, OutOfMemoryAdvice, SegflowError
+from segflow.infra.machine import set_cpu_threads
 from segflow.infra.validate import validate_train
 from segflow.runs.auto_resume import fingerprint, resolve_resume
 from segflow.runs.layout import RunFolder
@@ -81,6 +83,9 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
         kwargs["strategy"] = strategy_obj
     if requeue := slurm_plugins(cfg):  # SLURM pre-emption: checkpoint and requeue
         kwargs["plugins"] = [*(kwargs.get("plugins") or []), *requeue]
+    if t.get("enable_model_summary", True) and not any(
+            isinstance(c, ModelSummary) for c in kwargs.get("callbacks") or []):
+        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), ModelSummary(max_depth=1)]
     if not any(hasattr(p, "save_checkpoint") for p in (t.get("plugins") or [])):
         kwargs["plugins"] = [*(kwargs.get("plugins") or []), AtomicCheckpointIO()]
     try:
@@ -110,6 +115,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     validate_train(cfg)
+    threads, why = set_cpu_threads()
+    log.info("CPU threads: %d (%s)", threads, why)
     pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = resume_checkpoint(cfg, child)
     fp = fingerprint(cfg)

@@ -26,8 +26,41 @@ import torch
 from omegaconf import DictConfig
 
 from segflow.data.preprocess import Preprocess
+from segflow.infra.errors import DataError
 from segflow.infra.progress import sampling_progress
 from segflow.runs.checkpoints import load_model
+
+
+def auto_fov(source: str | Path | np.ndarray) -> np.ndarray:
+    """The field of view of a fundus image as ``segflow.prepare`` derives one
+    (:func:`segflow.data.prepare.fov.threshold_fov` on the raw pixels): uint8 (H, W) in {0, 1}."""
+    from segflow.data.io import decode_image
+    from segflow.data.prepare.fov import threshold_fov
+
+    raw = decode_image(source) if isinstance(source, str | Path) else np.asarray(source)
+    return threshold_fov(raw)
+
+
+def fov_array(fov: Any, shape: tuple[int, int], name: str | None) -> np.ndarray:
+    """A field-of-view mask as bool (H, W); a path is read as a mask (non-zero inside).
+
+    Raises:
+        DataError: its size differs from the image's.
+    """
+    if isinstance(fov, np.ndarray) and fov.dtype == object and fov.ndim == 0:
+        fov = fov.item()  # a path, as an item of a list of inputs holds it
+    if isinstance(fov, str | Path):
+        from segflow.data.io import read_mask
+
+        fov = read_mask(fov)
+    arr = np.asarray(fov)
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    if arr.shape != tuple(shape):
+        raise DataError(f"the field-of-view mask of {name or 'the image'} is {arr.shape[1]}x"
+                        f"{arr.shape[0]} px but the image is {shape[1]}x{shape[0]}; give a mask "
+                        f"of the image's size")
+    return arr > 0
 
 
 @dataclass
@@ -42,6 +75,7 @@ class Segmentation:
         samples: float32 (N, H, W) the ensemble members' probabilities, or None.
         nfe: network evaluations per member.
         name: the file name, or ``#i`` (the position) for arrays.
+        fov: bool (H, W) field of view the prediction was restricted to, or None.
     """
 
     probabilities: np.ndarray
@@ -50,6 +84,15 @@ class Segmentation:
     samples: np.ndarray | None
     nfe: int
     name: str | None = None
+    fov: np.ndarray | None = None
+
+    def restricted(self, fov: np.ndarray) -> Segmentation:
+        """This prediction with everything outside ``fov`` (bool (H, W)) set to 0: no
+        probability, mask or uncertainty outside the field of view."""
+        out = [None if a is None else np.where(fov, a, np.zeros((), a.dtype))
+               for a in (self.probabilities, self.mask, self.uncertainty)]
+        samples = None if self.samples is None else np.where(fov[None], self.samples, 0.0)
+        return Segmentation(out[0], out[1], out[2], samples, self.nfe, self.name, fov)
 
 
 class Run:
@@ -78,6 +121,15 @@ class Run:
     @property
     def threshold(self) -> float:
         return float(self.module.hparams.threshold)
+
+    def __repr__(self) -> str:
+        name = self.config.model.get("name") if self.config.get("model") is not None else None
+        data = self.config.get("data") or {}
+        settings = ", ".join(f"{k}={v}" for k, v in self.sampling_settings.items())
+        return (f"Run({name or type(self.module.net).__name__}: {type(self.module.net).__name__} + "
+                f"{type(self.module.method).__name__}, data={data.get('name', '?')}, "
+                f"checkpoint={self.checkpoint}, device={self.device}, threshold={self.threshold:g}"
+                f"{', ' + settings if settings else ''})")
 
     def to(self, device: torch.device | str) -> Run:
         self.device = torch.device(device)
@@ -110,8 +162,11 @@ class Run:
                 [0, 1]) or an image file: one :class:`Segmentation`; an (N, H, W[, C])
                 stack, a list of paths and/or arrays, or a folder of images: a list of them
                 in input order (folder: by file name). See :mod:`segflow.inference.inputs`.
-            fov: optional (H, W) field-of-view mask (a list or stack, one per image, for
-                many): ``data.intensity`` statistics are taken inside it, as in training.
+            fov: optional field of view: an (H, W) mask (non-zero inside) or a mask file
+                (a list or stack, one per image, for many), or ``"auto"``: thresholded from
+                each fundus image as ``segflow.prepare`` does for datasets without masks.
+                ``data.intensity`` statistics are taken inside it, as in training, and
+                every output is 0 outside it (no rim of false vessels at the disc's edge).
             seed: seed of a generative model's sampling noise, drawn once per batch
                 (None: unseeded).
             threshold: probability threshold of ``mask`` (default: the model's).
@@ -128,7 +183,14 @@ class Run:
         """
         from segflow.inference.inputs import batches, gather
 
-        items, single = gather(image, fov)
+        auto = isinstance(fov, str) and fov == "auto"
+        items, single = gather(image, None if auto else fov)
+        fovs: list[np.ndarray | None] = []
+        for it in items:
+            given = auto_fov(it.source) if auto else it.fov
+            fovs.append(None if given is None else
+                        fov_array(given, self.preprocess.read(it.source).shape[:2], it.name))
+            it.fov = None if fovs[-1] is None else fovs[-1].astype(np.uint8)
         thr = self.threshold if threshold is None else float(threshold)
         out: list[Segmentation | None] = [None] * len(items)
         for index, x in batches(items, lambda it: self.preprocess(it.source, it.fov), batch_size):
@@ -140,6 +202,8 @@ class Run:
                 samples = None if pred.samples is None else pred.samples[k, :, 0].float().cpu().numpy()
                 out[i] = Segmentation(probs, probs > thr, unc, samples, int(pred.nfe),
                                       items[i].name)
+                if fovs[i] is not None:
+                    out[i] = out[i].restricted(fovs[i])
         return out[0] if single else out
 
 

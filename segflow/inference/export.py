@@ -52,6 +52,29 @@ class Probabilities(nn.Module):
         return torch.sigmoid(self.net(image).float())
 
 
+class PadToMultiple(nn.Module):
+    """Pads an image to multiples of ``multiple`` as :func:`segflow.inference.window.
+    pad_to_multiple` does (reflection at the bottom and right, replication when a side is
+    not longer than its pad), runs ``model`` and crops the output back: the exported
+    supervised file takes any H, W. Scripted (not traced), so the padding follows the
+    input's size."""
+
+    def __init__(self, model: nn.Module, multiple: int):
+        super().__init__()
+        self.model, self.multiple = model, int(multiple)
+
+    def forward(self, image: Tensor) -> Tensor:
+        h, w = image.shape[-2], image.shape[-1]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        if ph == 0 and pw == 0:
+            return self.model(image)
+        if ph < h and pw < w:
+            padded = torch.nn.functional.pad(image, [0, pw, 0, ph], mode="reflect")
+        else:
+            padded = torch.nn.functional.pad(image, [0, pw, 0, ph], mode="replicate")
+        return self.model(padded)[..., :h, :w]
+
+
 def missing_onnx() -> list[str]:
     """The ONNX packages that cannot be imported here."""
     return [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
@@ -194,6 +217,10 @@ def export_network(net: nn.Module, out_dir: str | Path, fmt: str = "torchscript"
     if fmt == "torchscript":
         traced = _trace(model, example)
         dynamic = _difference(lambda x: traced(*x).float(), model, other) <= tolerance
+        if dynamic and not is_denoiser(net) and m > 1:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_JIT_DEPRECATED, category=FutureWarning)
+                traced = torch.jit.script(PadToMultiple(traced, m))
         traced.save(str(path))
         loaded = load_torchscript(path)
 
@@ -208,6 +235,15 @@ def export_network(net: nn.Module, out_dir: str | Path, fmt: str = "torchscript"
             _onnx_export(model, example, names, path, dynamic_size=False)
             run = _onnx_runner(path, names)
     diff = _difference(run, model, other if dynamic else same)
+    pads = fmt == "torchscript" and dynamic and not is_denoiser(net) and m > 1
+    if pads:  # and at a size that is no multiple, against PyTorch's padded prediction
+        from segflow.inference.window import pad_to_multiple
+
+        odd = example_inputs(net, (h + m - 1, w + 1), batch=2, seed=2)
+        padded, (oh, ow) = pad_to_multiple(odd[0], m)
+        with torch.no_grad():
+            want = model(padded).float()[..., :oh, :ow]
+            diff = max(diff, float((run(odd) - want).abs().max()))
     if not diff <= tolerance:
         path.unlink(missing_ok=True)
         raise ConfigError(f"the {fmt} export of {type(net).__name__} differs from the PyTorch "
@@ -221,6 +257,7 @@ def export_network(net: nn.Module, out_dir: str | Path, fmt: str = "torchscript"
         "inputs": {n: shapes[n] for n in names},
         "output": ["batch", net.out_channels, "height", "width"],
         "size_multiple": m, "input_size": None if dynamic else [h, w],
+        "pads_itself": pads,
         "max_abs_difference": diff, "torch": torch.__version__,
     }
 
@@ -233,21 +270,129 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: how the file is loaded (Python; torch.jit.load marks TorchScript as superseded and says
+#: so on every call from torch 2.10 on: the file still loads, the notice is silenced)
+LOAD = {"torchscript": "with warnings.catch_warnings(action='ignore', category=FutureWarning): "
+                       "model = torch.jit.load('model.pt').eval()",
+        "onnx": "session = onnxruntime.InferenceSession('model.onnx')"}
+
+PAD = ("reflect-pad the image at the bottom and right to multiples of size_multiple "
+       "(replicate instead when a side is not longer than its pad), crop the result back")
+
+#: what a generative network outputs, by (method kind, prediction, parameterization)
+_RAW = {
+    ("flow", "x1", "linear"): ("x1", "the estimate x̂1 of the mask in [-1, 1]"),
+    ("flow", "x1", "logit"): ("x1_logit", "a logit ℓ of the mask: x̂1 = tanh(ℓ / 2), "
+                              "probability sigmoid(ℓ) = (x̂1 + 1) / 2"),
+    ("flow", "velocity", "linear"): ("velocity", "the velocity v̂ of the flow at (x_t, t)"),
+    ("diffusion", "eps", "linear"): ("eps", "the noise ε̂ in x_t"),
+    ("diffusion", "x0", "linear"): ("x0", "the estimate x̂0 of the mask in [-1, 1]"),
+    ("diffusion", "x0", "logit"): ("x0_logit", "a logit ℓ of the mask: x̂0 = tanh(ℓ / 2)"),
+    ("diffusion", "v", "linear"): ("v", "v̂ = sqrt(ᾱ)·ε − sqrt(1 − ᾱ)·x0 at x_t"),
+}
+
+
+def _flow_recipe(method: Any) -> dict[str, Any]:
+    steps, solver = int(method.steps), str(method.solver)
+    a = 1.0 - float(method.sigma_min)
+    x1 = ("tanh(out / 2)" if method.parameterization == "logit" else "out")
+    if method.prediction == "velocity":
+        velocity = "v = out"
+        x1 = f"x̂1 = (1 − {a:g}·t)·out + {a:g}·x"
+    else:
+        velocity = (f"with x̂1 = {x1} and c = 1 − {a:g}·t: v = x̂1 − {a:g}·x̂0, "
+                    f"x̂0 = (x − t·x̂1)/c if c ≥ {method.X1_DELTA:g} else (x − t·x̂1)·c/"
+                    f"{method.X1_DELTA:g}²")
+        x1 = f"x̂1 = {x1}"
+    update = {"euler": "x ← x + h·v(x, t)",
+              "midpoint": "x ← x + h·v(x + h/2·v(x, t), t + h/2)",
+              "heun": "x ← x + h/2·(v(x, t) + v(x + h·v(x, t), t + h))"}.get(solver)
+    return {
+        "start": f"x = {float(method.temperature):g} · standard Gaussian noise (B·n_samples, 1, H, W), "
+                 "the n_samples members of one image adjacent",
+        "network_call": "out = model(x, t (B·n_samples,) float32, image repeated n_samples times)",
+        "velocity": velocity, "x1": x1, "sigma_min": float(method.sigma_min),
+        "x1_delta": float(method.X1_DELTA), "solver": solver, "steps": steps,
+        "times": [i / steps for i in range(steps)] if update else None,
+        "update": (f"h = 1/{steps}; for each t in times: {update}" if update else
+                   f"adaptive {solver} (atol {method.atol:g}, rtol {method.rtol:g}) from t = 0 to 1"),
+        "result": "x̂1 of the last network call" if method.readout == "x1" else "x at t = 1",
+    }
+
+
+def _diffusion_recipe(method: Any) -> dict[str, Any]:
+    grid = [int(g) for g in method.grid()]
+    ab = [float(method.schedule.alpha_bar(g)) for g in grid]
+    ab_next = [float(method.schedule.alpha_bar(g)) for g in grid[1:]] + [1.0]
+    x0_eps = {"eps": "x̂0 = (x − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ), ε̂ = out",
+              "x0": "x̂0 = out, ε̂ = (x − sqrt(ᾱ)·x̂0)/sqrt(1 − ᾱ)",
+              "v": "x̂0 = sqrt(ᾱ)·x − sqrt(1 − ᾱ)·out, ε̂ = sqrt(1 − ᾱ)·x + sqrt(ᾱ)·out"}
+    x0 = x0_eps[method.prediction]
+    if method.parameterization == "logit":
+        x0 = "out ← tanh(out / 2), then " + x0
+    if method.clip_x0:
+        x0 += "; then x̂0 ← clamp(x̂0, −1, 1), ε̂ = (x − sqrt(ᾱ)·x̂0)/sqrt(1 − ᾱ)"
+    update = {"ddim": ("x ← sqrt(ᾱ_next)·x̂0 + sqrt(1 − ᾱ_next − s²)·ε̂ + s·z, "
+                       f"s² = {float(method.eta):g}²·(1 − ᾱ_next)/(1 − ᾱ)·(1 − ᾱ/ᾱ_next), "
+                       "z standard Gaussian (none drawn when s = 0)"),
+              "ddpm": "the DDPM posterior step from (x, x̂0) between ᾱ and ᾱ_next",
+              "dpm_solver": "DPM-Solver++(2M) (Lu et al. 2022) in λ = log(sqrt(ᾱ/(1 − ᾱ)))"
+                            + (", first order at the last step" if method.lower_order_final else "")}
+    return {
+        "start": f"x = {float(method.temperature):g} · standard Gaussian noise (B·n_samples, 1, H, W), "
+                 "the n_samples members of one image adjacent",
+        "network_call": "out = model(x, t = step / timesteps (B·n_samples,) float32, image "
+                        "repeated n_samples times)",
+        "sampler": str(method.sampler), "timesteps": int(method.timesteps),
+        "steps": grid, "alpha_bar": ab, "alpha_bar_next": ab_next,
+        "x0_eps": x0, "clip_x0": bool(method.clip_x0), "eta": float(method.eta), "update": "for each step, ᾱ and ᾱ_next of that step: " + update[method.sampler],
+        "result": "x after the last step",
+    }
+
+
 def describe_method(module: Any, config: Any) -> dict[str, Any]:
-    """The method part of ``export.json``: its class, stored settings and sampler's settings."""
+    """The method part of ``export.json``: its class, stored settings, sampler's settings,
+    what the exported file outputs (``raw_output``, ``output``) and, for a generative run,
+    the sampling ``recipe`` that turns the denoiser's outputs into ``run.predict``'s
+    probabilities (``null`` with ``recipe_note`` where the file alone cannot do it)."""
     method = module.method
     stored = _plain(config.model.get("method")) if config.get("model") is not None else None
     settings = {k: _plain(v) for k, v in method.sampling_settings().items()}
     out: dict[str, Any] = {"target": f"{type(method).__module__}.{type(method).__qualname__}",
-                           "config": stored, "sampling": settings}
-    if is_denoiser(module.net):
-        out["output"] = ("the denoiser's output for (x_t, t, image): "
-                         f"{getattr(method, 'prediction', 'velocity')}; the sampler "
-                         f"(segflow.methods) calls it once per step for each ensemble member, "
-                         f"starting from Gaussian noise, and maps x in [-1, 1] to "
-                         f"probability (x + 1) / 2")
+                           "config": stored, "sampling": settings, "pad": PAD}
+    if not is_denoiser(module.net):
+        out.update(raw_output="probability",
+                   output="foreground probability in [0, 1] (the sigmoid of the network's "
+                          "logits is part of the file)",
+                   pad="done by model.pt itself (TorchScript): " + PAD)
+        return out
+    from segflow.methods.diffusion import Diffusion
+    from segflow.methods.flow import FlowMatching
+
+    kind = ("flow" if isinstance(method, FlowMatching)
+            else "diffusion" if isinstance(method, Diffusion) else None)
+    key = (kind, str(getattr(method, "prediction", "")),
+           str(getattr(method, "parameterization", "linear")))
+    raw, text = _RAW.get(key, (str(getattr(method, "prediction", "velocity")),
+                               f"the denoiser's {getattr(method, 'prediction', 'output')}"))
+    out.update(raw_output=raw,
+               output=f"one denoiser evaluation at (x_t, t, image): {text}; the sampler "
+                      f"calls it once per step for each ensemble member, starting from "
+                      f"Gaussian noise, and maps the final x in [-1, 1] to probability "
+                      f"clamp((x + 1) / 2, 0, 1), the mean over the members")
+    recipe, note = None, None
+    if kind is None:
+        note = f"{type(method).__name__} is not a segflow method: see its sample()"
+    elif int(getattr(method, "tta", 1)) != 1:
+        note = "test-time augmentation (tta) averages flipped passes: see segflow.methods.base"
+    elif kind == "flow" and method.source_nfe():
+        note = "the flow starts from a prior network's output, not in this file"
     else:
-        out["output"] = "foreground probability in [0, 1] (sigmoid of the network's logits)"
+        recipe = _flow_recipe(method) if kind == "flow" else _diffusion_recipe(method)
+        recipe.update(n_samples=int(method.n_samples),
+                      probability="p = clamp((result + 1)/2, 0, 1) per member; probabilities = "
+                                  "mean over the n_samples members")
+    out.update(recipe=recipe, **({"recipe_note": note} if note else {}))
     return out
 
 
@@ -274,7 +419,11 @@ def export_run(run, out_dir: str | Path, fmt: str = "torchscript", size: int | N
         threshold=run.threshold,
         checkpoint=str(run.checkpoint),
         model_name=config.model.get("name") if config.get("model") is not None else None,
+        load=LOAD[fmt],
     )
+    if manifest["kind"] == "segmentation":
+        manifest["method"]["pad"] = ("done by the file itself: " + PAD if manifest["pads_itself"]
+                                     else "by the caller: " + PAD)
     path = Path(out_dir) / "export.json"
     path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     log.info("wrote %s (%s, %s; largest difference to PyTorch %.2g%s) and %s",

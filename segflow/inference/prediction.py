@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import track
 
 from segflow.data.finite import check_finite_output
-from segflow.data.io import IMAGE_EXTS, list_images
-from segflow.inference.api import load_run
+from segflow.data.io import IMAGE_EXTS, decode_image, list_images
+from segflow.inference.api import auto_fov, fov_array, load_run
 from segflow.inference.window import resolve_device
 from segflow.infra.debug import debug_sampling
 from segflow.infra.errors import ConfigError, DataError
@@ -34,6 +34,53 @@ from segflow.runs.layout import PREDICTION_TABLE, check_overwrites, prediction_d
 from segflow.runs.results import save_prediction_pngs, write_csv
 
 log = logging.getLogger("segflow.predict")
+
+
+def fov_masks(cfg: DictConfig, images: dict[str, Path]) -> dict[str, Path] | str | None:
+    """The field-of-view source of ``cfg``: per image stem its mask file (``fov_dir``:
+    ``<stem>.<ext>`` or ``<stem>_mask.<ext>``), ``"auto"`` (``fov=auto``) or None.
+
+    Raises:
+        ConfigError: both or an unknown ``fov``; DataError: ``fov_dir`` is not a folder or
+            lacks a mask for an image.
+    """
+    fov_dir, fov = cfg.get("fov_dir"), cfg.get("fov")
+    if fov not in (None, "auto"):
+        raise ConfigError(f"fov={fov} is not understood; use fov=auto (thresholded from each "
+                          f"fundus image) or fov_dir=<folder of masks>")
+    if fov_dir and fov:
+        raise ConfigError("give fov_dir=<folder of masks> or fov=auto, not both")
+    if not fov_dir:
+        return fov
+    folder = Path(fov_dir)
+    if not folder.is_dir():
+        raise DataError(f"fov_dir={folder} is not a folder; point it at the field-of-view masks "
+                        f"(<stem>.png or <stem>_mask.png per image)")
+    masks = list_images(folder)
+    found = {stem: masks.get(stem) or masks.get(f"{stem}_mask") for stem in images}
+    missing = [stem for stem, p in found.items() if p is None]
+    if missing:
+        raise DataError(f"fov_dir={folder} has no mask for {len(missing)} of the {len(images)} "
+                        f"images (e.g. {missing[0]}: looked for {missing[0]}.<ext> and "
+                        f"{missing[0]}_mask.<ext>)")
+    return found
+
+
+def colour_note(images: dict[str, Path], channels: int, gray_from: str) -> str | None:
+    """One sentence on how colour images become the run's input, when any image is colour."""
+    for path in images.values():
+        try:
+            raw = decode_image(path)
+        except DataError:
+            continue
+        if raw.ndim == 3 and raw.shape[2] >= 3 and channels == 1:
+            how = {"green": "their green channel", "luma": "ITU-R 601 luma (0.299 R + 0.587 G "
+                   "+ 0.114 B)"}.get(gray_from, gray_from)
+            return (f"colour images (e.g. {path.name}) are converted to gray by {how}, as the "
+                    f"run was trained (data.gray_from={gray_from})")
+        if raw.ndim == 3 and raw.shape[2] >= 3:
+            return None
+    return None
 
 
 def limit_images(images: dict[str, Path], limit: int | float | None) -> dict[str, Path]:
@@ -70,6 +117,7 @@ def predict_folder(cfg: DictConfig, out: Path | None = None) -> list[dict[str, A
     images = limit_images(images, OmegaConf.select(cfg, "trainer.limit_predict_batches"))
     out = out if out is not None else prediction_dir(cfg.get("output_dir"), cfg.run_dir,
                                                     cfg.input_dir)
+    fovs = fov_masks(cfg, images)
     check_overwrites(out, list(images), bool(cfg.get("overwrite", False)))
     overrides = OmegaConf.to_container(cfg.model, resolve=True) if cfg.get("model") else {}
     run = load_run(cfg.run_dir, cfg.which, cfg.weights, resolve_device(str(cfg.device)),
@@ -80,15 +128,27 @@ def predict_folder(cfg: DictConfig, out: Path | None = None) -> list[dict[str, A
     torch.manual_seed(int(cfg.seed))
     log.info("%s (%s) on %d images from %s -> %s, settings %s", run.config.model.get("name"),
              run.checkpoint, len(images), input_dir, out, run.sampling_settings)
+    note = colour_note(images, run.preprocess.channels, run.preprocess.gray_from)
+    if note:
+        log.info("%s", note)
+    if fovs is not None:
+        log.info("field of view: %s; outputs are 0 outside it",
+                 "thresholded from each image (fov=auto)" if fovs == "auto" else
+                 f"masks from {cfg.fov_dir}")
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     for stem, path in track(list(images.items()), description="predicting"):
         try:
-            x = run.preprocess(path)  # (C, H, W)
+            fov = None
+            if fovs is not None:
+                given = auto_fov(path) if fovs == "auto" else fovs[stem]
+                fov = fov_array(given, run.preprocess.read(path).shape[:2], path.name)
+            x = run.preprocess(path, None if fov is None else fov.astype(np.uint8))  # (C, H, W)
             if crop:
                 h, w = x.shape[-2:]
                 top, left = max(0, (h - int(crop)) // 2), max(0, (w - int(crop)) // 2)
                 x = x[:, top: top + int(crop), left: left + int(crop)]
+                fov = None if fov is None else fov[top: top + int(crop), left: left + int(crop)]
         except (DataError, ValueError) as exc:  # one unreadable file must not lose the rest
             log.error("skipped %s", exc)
             skipped.append(path.name)
@@ -97,6 +157,8 @@ def predict_folder(cfg: DictConfig, out: Path | None = None) -> list[dict[str, A
         pred = run.predict_tensor(x[None], seed=None)  # the global generator seeded above
         seconds = time.perf_counter() - start
         check_finite_output(pred.probs, path.name)  # no NaN mask, no empty mask
+        if fov is not None:
+            pred = restrict(pred, fov)
         rows.append(_save(out, stem, path.name, x.shape[-2:], pred, run.threshold, seconds))
     if not rows:
         raise DataError(f"none of the {len(images)} images in {input_dir} could be read "
@@ -107,6 +169,20 @@ def predict_folder(cfg: DictConfig, out: Path | None = None) -> list[dict[str, A
              " and uncertainty maps" if any("n_samples" in r for r in rows) else "", len(rows),
              out, f"; skipped {len(skipped)} unreadable: {', '.join(skipped)}" if skipped else "")
     return rows
+
+
+def restrict(pred: Any, fov: np.ndarray) -> Any:
+    """``pred`` (a batch of one) with probabilities, uncertainty and members 0 outside ``fov``."""
+    from dataclasses import replace
+
+    inside = torch.from_numpy(fov).to(pred.probs.device)
+
+    def zero(t):
+        return None if t is None else torch.where(inside, t, torch.zeros((), dtype=t.dtype,
+                                                                          device=t.device))
+
+    return replace(pred, probs=zero(pred.probs), uncertainty=zero(pred.uncertainty),
+                   samples=zero(pred.samples))
 
 
 def _save(out: Path, stem: str, name: str, size: tuple[int, int], pred: Any, threshold: float,

@@ -176,3 +176,17 @@ def lightning_problems() -> list[str]:
         problems.append("torch.optim.swa_utils.AveragedModel has no n_averaged buffer; "
                         "update segflow.engine.callbacks.EMA")
     return problems
+
+
+def summary_table_without_flops(summary_data: list[tuple[str, list[str]]], total_parameters: int,
+                                trainable_parameters: int, model_size: float,
+                                total_training_modes: dict[str, int]) -> str:
+    """Lightning's model summary table without its FLOPs column and ``Total Flops`` line
+    (Lightning counts FLOPs only with an ``example_input_array``; without one it prints
+    0 for every layer)."""
+    from pytorch_lightning.utilities.model_summary.model_summary import _format_summary_table
+
+    cols = [c for c in summary_data if c[0] != "FLOPs"]
+    table = _format_summary_table(total_parameters, trainable_parameters, model_size,
+                                  total_training_modes, 0, *cols)
+    return "\n".join(ln for ln in table.splitlines() if not ln.rstrip().endswith("Total Flops"))

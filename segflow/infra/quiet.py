@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -30,6 +31,8 @@ class Harmless:
         pattern: a regular expression matched at the start of the message.
         kind: ``warning`` (``warnings.warn``) or ``log`` (a log record of ``logger``).
         logger: for ``log``: the logger name the record comes from.
+        applies: when the message is harmless (checked once, by :func:`install`); by
+            default always.
     """
 
     name: str
@@ -38,6 +41,12 @@ class Harmless:
     pattern: str
     kind: str = "warning"
     logger: str = ""
+    applies: Callable[[], bool] = lambda: True
+
+
+def outside_slurm() -> bool:
+    """True when this process is not inside a SLURM job (no ``SLURM_JOB_ID``)."""
+    return not os.environ.get("SLURM_JOB_ID")
 
 
 HARMLESS: tuple[Harmless, ...] = (
@@ -64,6 +73,14 @@ HARMLESS: tuple[Harmless, ...] = (
         "datamodule; segflow's datamodules define no such hook, so nothing is overridden",
         r"You have overridden `on_after_batch_transfer` in `LightningModule` but have passed "
         r"in a `LightningDataModule`"),
+    Harmless(
+        "srun_hint", "lightning_fabric (plugins/environments/slurm.py)",
+        "printed by every Trainer on a machine where SLURM is installed (a cluster's login "
+        "node, a workstation with the SLURM client): outside a SLURM job there is nothing to "
+        "prepend srun to. Inside a job (SLURM_JOB_ID set) the hint stays: a job step started "
+        "without srun is a real mistake there",
+        r"The `srun` command is available on your system but is not used",
+        applies=outside_slurm),
 )
 
 
@@ -80,11 +97,12 @@ _INSTALLED: list[str] = []
 
 
 def install() -> list[str]:
-    """Silence the :data:`HARMLESS` messages (idempotent); returns their names."""
+    """Silence the :data:`HARMLESS` messages that apply here (idempotent); returns their
+    names."""
     if os.environ.get("SEGFLOW_SHOW_ALL_WARNINGS", "").strip() in ("1", "true", "yes"):
         return []
     for h in HARMLESS:
-        if h.name in _INSTALLED:
+        if h.name in _INSTALLED or not h.applies():
             continue
         if h.kind == "warning":
             warnings.filterwarnings("ignore", message=h.pattern)

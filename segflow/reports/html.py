@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from segflow.runs.layout import RunFolder
-from segflow.runs.records import run_model_name
+from segflow.runs.records import read_run_config, run_model_name
+from segflow.runs.results import save_figure
 
 log = logging.getLogger("segflow.report")
 
@@ -140,9 +141,7 @@ def plot_curves(path: Path, runs: Sequence[Path], labels: dict[Path, str]) -> Pa
             if ax.lines:
                 ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # -- qualitative panel -----------------------------------------------------------------------
@@ -180,6 +179,18 @@ def labelled_test_images(run_config: Any) -> tuple[dict[str, Path], dict[str, Pa
     return {s: p for s, p in found.items() if s in truth}, truth
 
 
+def roles(scores: dict[str, float], stems: Sequence[str]) -> dict[str, str]:
+    """``best`` / ``median`` / ``worst`` (by ``scores``) of the chosen ``stems``; a stem
+    chosen by name gets no role unless it is one of them."""
+    order = sorted(scores, key=lambda s: (-scores[s], s))
+    if not order:
+        return {}
+    named = {order[0]: "best", order[-1]: "worst"}
+    if len(order) > 2:
+        named.setdefault(order[len(order) // 2], "median")
+    return {s: named[s] for s in stems if s in named}
+
+
 def choose(scores: dict[str, float], names: Sequence[str] | None, n: int = 3) -> list[str]:
     """``names`` (file names or stems) when given, else the best, median and worst by
     score (ties by name)."""
@@ -201,6 +212,7 @@ def qualitative_panels(out: Path, runs: Sequence[Path], labels: dict[Path, str],
     import segflow
     from segflow.data.io import read_mask
 
+    print(f"report: loading {len(runs)} models for the qualitative panels", flush=True)
     loaded = [segflow.load_run(run, device=device) for run in runs]
     images, truths = labelled_test_images(loaded[0].config)
     if not images:
@@ -214,6 +226,7 @@ def qualitative_panels(out: Path, runs: Sequence[Path], labels: dict[Path, str],
             log.warning("no test image named %s (there are %s)", ", ".join(missing),
                         ", ".join(sorted(images)[:5]))
         wanted = [s for s in wanted if s in images]
+    print(f"report: ranking {len(images)} test images by {labels[runs[0]]}'s Dice", flush=True)
     first = loaded[0].predict(list(images.values()))
     masks = {stem: read_mask(truths[stem]) > 0 for stem in images}
     scores = {stem: dice(seg.mask, masks[stem]) for stem, seg in zip(images, first, strict=True)}
@@ -221,15 +234,21 @@ def qualitative_panels(out: Path, runs: Sequence[Path], labels: dict[Path, str],
     if not stems:
         return []
     # One image per call (seed 0 each): a panel does not depend on which others are drawn.
-    preds = {run: run_model.predict([images[s] for s in stems], batch_size=1)
-             for run, run_model in zip(runs, loaded, strict=True)}
+    preds = {}
+    for i, (run, run_model) in enumerate(zip(runs, loaded, strict=True), start=1):
+        print(f"report: predicting {len(stems)} panel images with {labels[run]} ({i}/{len(runs)})",
+              flush=True)
+        preds[run] = run_model.predict([images[s] for s in stems], batch_size=1)
+    role = roles(scores, stems)
     return [_draw_panel(out / f"panel_{stem}.png", stem, images[stem], masks[stem],
-                        [(labels[run], preds[run][i]) for run in runs])
+                        [(labels[run], preds[run][i]) for run in runs],
+                        f"{role[stem]} of {len(images)} by {labels[runs[0]]}'s Dice" if stem in role
+                        else None)
             for i, stem in enumerate(stems)]
 
 
 def _draw_panel(path: Path, stem: str, image_path: Path, truth: np.ndarray,
-                rows: list[tuple[str, Any]]) -> Path:
+                rows: list[tuple[str, Any]], role: str | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,6 +272,8 @@ def _draw_panel(path: Path, stem: str, image_path: Path, truth: np.ndarray,
         ax.set_frame_on(False)
     axes[0][0].imshow(image, cmap="gray")
     axes[0][0].set_title(stem, fontsize=9)
+    if role:
+        fig.suptitle(f"{stem}: {role}", fontsize=10)
     axes[0][1].imshow(truth, cmap="gray", vmin=0, vmax=1)
     axes[0][1].set_title("ground truth", fontsize=9)
     for r, (label, seg) in enumerate(rows, start=1):
@@ -262,12 +283,12 @@ def _draw_panel(path: Path, stem: str, image_path: Path, truth: np.ndarray,
         axes[r][1].imshow(error_map(seg.mask, truth))
         axes[r][1].set_title("TP white · FP red · FN blue", fontsize=8)
         if uncertain and seg.uncertainty is not None:
-            axes[r][2].imshow(seg.uncertainty, cmap="magma", vmin=0, vmax=top)
-            axes[r][2].set_title(f"uncertainty (std, 0–{top:.2f})", fontsize=8)
+            shown = axes[r][2].imshow(seg.uncertainty, cmap="magma", vmin=0, vmax=top)
+            axes[r][2].set_title("uncertainty (std over members)", fontsize=8)
+            bar = fig.colorbar(shown, ax=axes[r][2], fraction=0.046, pad=0.03)
+            bar.ax.tick_params(labelsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # -- report.html ---------------------------------------------------------------------------
@@ -313,12 +334,23 @@ def write_html(path: Path, title: str, intro: str,
     return path
 
 
+def _has_uncertainty(run: Path) -> bool:
+    """Whether the run's model samples an ensemble (more than one member: an uncertainty)."""
+    cfg = read_run_config(run)
+    method = (cfg.get("model") or {}).get("method") or {} if cfg is not None else {}
+    try:
+        return int(method.get("n_samples", 1) or 1) > 1
+    except (TypeError, ValueError):  # an interpolation: a caption only
+        return False
+
+
 def write_pictures(out: Path, runs: Sequence[Path], labels: dict[Path, str],
                    names: Sequence[str] | None = None, device: str = "cpu") -> list[tuple[str, Path]]:
     """The training curves and qualitative panels of ``runs`` into ``out``; returns
     (caption, file) of each figure written. A run whose model cannot be loaded (no
     checkpoint) is left out of the panel, with a warning."""
     figures: list[tuple[str, Path]] = []
+    print(f"report: training curves of {len(runs)} runs", flush=True)
     curves = plot_curves(out / "curves.png", runs, labels)
     if curves is not None:
         figures.append(("training curves: loss and validation Dice against step and "
@@ -336,9 +368,11 @@ def write_pictures(out: Path, runs: Sequence[Path], labels: dict[Path, str],
     except SegflowError as exc:
         log.warning("no qualitative panel: %s", exc)
         panels = []
+    uncertain = panels and any(_has_uncertainty(run) for run in usable)
     for panel in panels:
-        figures.append((f"test image {panel.stem.removeprefix('panel_')}: prediction, error "
-                        f"(TP white, FP red, FN blue) and uncertainty per run", panel))
+        figures.append((f"test image {panel.stem.removeprefix('panel_')}: prediction and error "
+                        f"(TP white, FP red, FN blue){' and uncertainty' if uncertain else ''} "
+                        f"per run", panel))
     return figures
 
 

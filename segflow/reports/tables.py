@@ -98,6 +98,7 @@ def write_report(paths: list[str | Path], out: Path | None = None, pictures: boo
     default the best / median / worst) and ``report.html`` (see :mod:`segflow.reports.html`).
     """
     runs = find_runs(paths)
+    print(f"report: reading {len(runs)} runs", flush=True)
     run_rows, eval_rows, differing, settings = collect(runs)
     if not run_rows:  # checked before any folder is made: a failed report leaves none
         raise NoRuns(f"none of the {len(runs)} runs under {', '.join(map(str, paths))} "
@@ -113,15 +114,19 @@ def write_report(paths: list[str | Path], out: Path | None = None, pictures: boo
     metric_cols = [k for k in TABLE_METRICS if _numeric(run_rows, k)]
     rest = [k for r in run_rows for k in r if k not in ident and k not in metric_cols]
     write_csv(out / "report.csv", run_rows, ident + metric_cols + list(dict.fromkeys(rest)))
-    table = markdown_table(run_rows, ident + shown + ["best_val_dice"])
+    labels = short_labels(runs, {run: read_overrides(run) for run in runs})
+    # report.md and report.html name each run by the same short label (report.csv: its folder)
+    short_rows = [{**r, "run": labels.get(Path(r["run_dir"]), r["run"])} for r in run_rows]
+    table = markdown_table(short_rows, ident + shown + ["best_val_dice"])
+    key = "; ".join(f"{labels.get(Path(r['run_dir']), r['run'])}: {r['run']}" for r in run_rows)
     write_text(out / "report.md",
         f"# segflow report: {len(run_rows)} runs\n\nTest metrics of each run's best checkpoint "
-        f"(`metrics.json`); full columns in `report.csv`.\n\n{table}")
-    labels = short_labels(runs, {run: read_overrides(run) for run in runs})
-    plot_bars(out / "metrics.png", [labels.get(Path(r["run_dir"]), r["run"]) for r in run_rows],
+        f"(`metrics.json`); full columns in `report.csv`. Runs ({key}).\n\n{table}")
+    print("report: metrics figure (PNG, SVG, PDF)", flush=True)
+    plot_bars(out / "metrics.png", [r["run"] for r in short_rows],
               {k: [float(r.get(k) or 0.0) for r in run_rows]
                for k in ("dice", "cldice", "auc") if k in shown},
-              title="test metrics per run")
+              title="test metrics per run (axes zoomed to the values)")
     print(f"\n{table}", flush=True)
     if eval_rows:
         cols = ["run", "model", "data", "split", "eval", *settings,
@@ -129,9 +134,10 @@ def write_report(paths: list[str | Path], out: Path | None = None, pictures: boo
                 *(["device"] if any(r.get("device") for r in eval_rows) else [])]
         write_csv(out / "evals.csv", eval_rows,
                   cols + list(dict.fromkeys(k for r in eval_rows for k in r if k not in cols)))
-        write_text(out / "evals.md", f"# segflow evaluations\n\n{markdown_table(eval_rows, cols)}")
+        short = {r["run"]: labels.get(Path(r["run_dir"]), r["run"]) for r in run_rows}
+        short_evals = [{**r, "run": short.get(r["run"], r["run"])} for r in eval_rows]
+        write_text(out / "evals.md", f"# segflow evaluations\n\n{markdown_table(short_evals, cols)}")
         if len({r.get("nfe_per_image") for r in eval_rows}) > 1:
-            short = {r["run"]: labels.get(Path(r["run_dir"]), r["run"]) for r in run_rows}
             plot_lines(out / "dice_vs_nfe.png",  # legend: the short labels
                        [{**r, "run": short.get(r["run"], r["run"])} for r in eval_rows],
                        "nfe_per_image",
@@ -141,7 +147,7 @@ def write_report(paths: list[str | Path], out: Path | None = None, pictures: boo
     if pictures:  # curves, qualitative panels and report.html (segflow.reports.html)
         write_report_page(out, [Path(r["run_dir"]) for r in run_rows], labels, [
             ("runs", run_rows, ident + shown + ["best_val_dice"]),
-            *([("evaluations", eval_rows, cols)] if eval_rows else [])],
+            *([("evaluations", short_evals, cols)] if eval_rows else [])],
             [("test metrics per run", out / "metrics.png"),
              ("quality vs sampling cost", out / "dice_vs_nfe.png")], names, device)
     print(f"report of {len(run_rows)} runs written to {out}", flush=True)

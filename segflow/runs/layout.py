@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from segflow.infra.errors import ConfigError, DataError, SegflowError
 from segflow.infra.validate import check_name
@@ -338,6 +339,41 @@ def run_dir(root: str, experiment: str, when: str) -> str:
     return str(shared_claims("run_dir", [Layout.at(root).run(experiment, when)])[0])
 
 
+_SWEEP_FUNCTIONS = ("range(", "choice(", "interval(", "glob(", "tag(", "sort(", "shuffle(")
+
+
+def swept_keys(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The keys a multirun sweeps over (``model=unet,csnet``, ``seed=range(3)``, ...), in
+    command-line order; a list value in brackets (``levels=[0.7,0.8]``) is not a sweep."""
+    keys = []
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        if not sep or key.startswith("hydra.") or key in ("sweep_name", "experiment_name"):
+            continue
+        depth, split = 0, False
+        for ch in value:
+            depth += ch in "[({"
+            depth -= ch in "])}"
+            split |= ch == "," and depth == 0
+        if split or value.strip().startswith(_SWEEP_FUNCTIONS):
+            keys.append(key)
+    return keys
+
+
+def sweep_name(experiment: str, data: str, overrides: Any = None) -> str:
+    """``sweep_name``'s default from the multirun's command-line ``overrides`` (Hydra's
+    ``hydra.overrides.task``): the swept keys and the dataset (``-m model=unet,csnet``:
+    ``model_synthetic_xca``; ``-m model=unet,csnet seed=0,1``: ``model-seed_synthetic_xca``;
+    sweeping ``data`` itself: no dataset), else ``experiment`` (nothing swept, or a job's
+    own config, which holds no sweep)."""
+    keys = swept_keys([str(o) for o in overrides or []])
+    if not keys:
+        return experiment
+    name = "-".join(keys)
+    return name if "data" in keys else f"{name}_{data}"
+
+
 def sweep_dir(root: str, sweep: str, when: str) -> str:
     """``hydra.sweep.dir`` of a multirun: a new ``<root>/multirun/<sweep>/<when>``."""
     return str(shared_claims("run_dir", [Layout.at(root).sweep(sweep, when)])[0])
@@ -484,5 +520,5 @@ def finished_runs(folder: Path) -> list[Path]:
 __all__ = ["EvalFolder", "Layout", "NoRuns", "RunFolder", "check_overwrites", "check_writable",
            "claim_dir", "default_root", "eval_root", "export_dir", "find_runs", "finished_runs",
            "is_inside", "log_name", "prediction_dir", "prediction_files", "report_dir",
-           "run_dir", "run_folder", "shared_claims", "stamp", "sweep_dir", "tool_dir",
+           "run_dir", "run_folder", "shared_claims", "stamp", "sweep_dir", "sweep_name", "swept_keys", "tool_dir",
            "writable_error"]

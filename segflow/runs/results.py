@@ -162,34 +162,75 @@ def plot_lines(path: Path, rows: Sequence[dict[str, Any]], x: str, ys: Iterable[
         fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+#: the formats every figure is written in, beside each other (PNG for pages, SVG and PDF
+#: for papers: vector, text kept as text)
+FIGURE_FORMATS = (".png", ".svg", ".pdf")
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as ``path`` (PNG) and beside it as SVG and PDF; returns ``path``."""
+    import matplotlib.pyplot as plt
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    # text stays text in the vector files (editable, searchable; TrueType in the PDF)
+    with plt.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
+        for suffix in FIGURE_FORMATS:
+            fig.savefig(path.with_suffix(suffix), dpi=dpi)
     plt.close(fig)
     return path
 
 
+def zoomed_limits(values: Sequence[float], floor: float = 0.0, ceiling: float = 1.0
+                  ) -> tuple[float, float]:
+    """Axis limits around ``values`` (their range plus a margin, at least 0.02 wide) inside
+    [floor, ceiling], so that differences of a few hundredths show."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return floor, ceiling
+    lo, hi = min(finite), max(finite)
+    margin = max(0.15 * (hi - lo), 0.01)
+    return max(floor, lo - margin), min(ceiling, hi + margin)
+
+
 def plot_bars(path: Path, labels: Sequence[str], values: dict[str, Sequence[float]],
-              title: str = "") -> Path:
-    """Grouped horizontal bars: one group per label, one bar per metric in ``values``."""
+              title: str = "", intervals: dict[str, Sequence[tuple[float, float] | None]] | None = None
+              ) -> Path:
+    """A dot plot: one row per label, one panel per metric in ``values``, each panel's axis
+    zoomed to its values (printed beside the dots), with ``intervals`` (low, high) as bars
+    where given; PNG, SVG and PDF (:func:`save_figure`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n, k = len(labels), max(1, len(values))
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.35 * n * k))
-    height = 0.8 / k
-    for j, (metric, vals) in enumerate(values.items()):
-        ax.barh(np.arange(n) + j * height, list(vals), height=height, label=metric)
-    ax.set_yticks(np.arange(n) + 0.4 - height / 2)
-    ax.set_yticklabels(labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.legend(fontsize=7)
-    ax.grid(axis="x", alpha=0.3)
+    fig, axes = plt.subplots(1, k, figsize=(2.6 * k + 1.6, 0.9 + 0.32 * n), squeeze=False,
+                             sharey=True, layout="constrained")
+    y = np.arange(n)
+    for ax, (metric, vals) in zip(axes[0], values.items(), strict=False):
+        vals = [float(v) for v in vals]
+        lows = highs = None
+        if intervals and intervals.get(metric):
+            iv = intervals[metric]
+            lows = [v - (i[0] if i else v) for v, i in zip(vals, iv, strict=True)]
+            highs = [(i[1] if i else v) - v for v, i in zip(vals, iv, strict=True)]
+            ax.errorbar(vals, y, xerr=[lows, highs], fmt="none", ecolor="0.5", capsize=2)
+        ax.plot(vals, y, "o", color="C0", markersize=5)
+        for yi, v in zip(y, vals, strict=True):
+            ax.annotate(f"{v:.3f}", (v, yi), textcoords="offset points", xytext=(0, 5),
+                        ha="center", fontsize=7)
+        spread = vals + ([v + h for v, h in zip(vals, highs, strict=True)] if highs else []) + \
+            ([v - lo for v, lo in zip(vals, lows, strict=True)] if lows else [])
+        ax.set_xlim(*zoomed_limits(spread))
+        ax.set_title(metric, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[0][0].set_yticks(y)
+    axes[0][0].set_yticklabels(labels, fontsize=7)
+    axes[0][0].set_ylim(n - 0.5, -0.7)
     if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)

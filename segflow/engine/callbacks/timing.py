@@ -16,7 +16,10 @@ class TimeToDice(pl.Callback):
     """The wall-clock seconds (since training started) and the optimiser step at which a
     validation metric first reaches each of ``levels``.
 
-    Checked after every validation (not the sanity check); a level reached is logged once
+    Checked once every validation has finished and its epoch metrics are in
+    ``trainer.callback_metrics`` (``on_validation_end``: in ``on_validation_epoch_end`` a
+    callback runs before the LightningModule logs the validation's metrics, so it would see
+    the previous validation's value); not the sanity check. A level reached is logged once
     (train.log line, logger metric ``time_to/<metric>_<level>`` in seconds at that step).
     A resumed run continues the clock of the run it resumes (kept in the checkpoint).
 
@@ -45,7 +48,7 @@ class TimeToDice(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self._start is None or self.metric not in trainer.callback_metrics:
             return
         value = float(trainer.callback_metrics[self.metric])  # once per validation
