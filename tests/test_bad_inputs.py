@@ -27,6 +27,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import segflow
 from segflow.engine.evaluation import evaluate
 from segflow.infra.atomic import AtomicCheckpointIO, checkpoint_problem
 from segflow.infra.commands import open_key_overrides
@@ -642,8 +643,39 @@ def test_nan_pixels_and_nan_outputs_are_named(tiny_runs, tmp_path, capsys, caplo
              "the network output for 0008.png is not finite (4096 NaN values of 4096): stopped",
              absent=["ev/test/metrics.json", "ev/test"]),
     ]
+    api = segflow.load_run(run, device="cpu")
+    nan_array, inf_array = img.copy(), np.random.default_rng(1).random((32, 32)).astype("f4")
+    inf_array[3, 4] = np.inf
+    cases += [
+        Case("Run.predict on an array with NaN", lambda w: api.predict(nan_array), 2,
+             "the image array has 100 NaN values of 1600; segflow does not guess them"),
+        Case("Run.predict on a list holding an Inf tensor", lambda w: api.predict(
+            [img[20:28, 20:28], torch.from_numpy(inf_array)]), 2, "item 1 of the list has 1 Inf values"),
+        Case("Run.predict_tensor with NaN", lambda w: api.predict_tensor(
+            torch.full((1, 1, 8, 8), float("nan"))), 2,
+             "the image tensor given to Run.predict_tensor has 64 NaN values of 64"),
+    ]
     for case in cases:
         check_unchanged(case, tmp_path, capsys, caplog, under="run")
+
+
+def test_a_diverging_run_stops_at_once_with_one_sentence(workdir):
+    from conftest import run_entry
+
+    # lr=1e12: the weights are NaN after the first steps; the loss (or the validation
+    # output) is checked before those weights are used or saved.
+    proc = run_entry("segflow.train", [*TINY, "debug=default", "trainer.max_epochs=2",
+                                       "model.learning_rate=1e12"], workdir)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "training diverged at step " in out and "lower model.learning_rate (now 1e+12" in out, out[-2000:]
+    assert "trainer.precision=32-true (full precision" in out and "Traceback" not in out and "bincount" not in out
+    (run,) = run_dirs(workdir)  # kept: its log says how far it got
+    reason = (run / "FAILED").read_text()
+    assert reason.startswith("training diverged at step"), reason
+    for ckpt in run.rglob("*.ckpt"):  # any checkpoint kept holds finite weights only
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
 
 
 def test_one_sentence_each(tiny_runs, tmp_path, capsys, caplog, monkeypatch):

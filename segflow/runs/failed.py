@@ -144,7 +144,8 @@ def users_mistake(exc: BaseException) -> bool:
     if isinstance(exc, SystemExit):
         return exc.code == 2
     user = find_user_error(exc) or disk_error(exc)
-    return user is not None and getattr(user, "exit_code", 2) == 2
+    return (user is not None and getattr(user, "exit_code", 2) == 2
+            and not getattr(user, "keeps_run", False))  # e.g. a diverged run: its log stays
 
 
 def _prune(folder: Path, stop: str | Path | None) -> None:
