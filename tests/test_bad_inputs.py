@@ -768,3 +768,55 @@ def test_failed_run_guard_removes_only_a_users_failed_start(tmp_path):
     with pytest.raises(SystemExit), failed_run_guard(stopped, primary=True):
         sys.exit(143)
     assert not (stopped / "FAILED").exists()
+
+
+# -- interpolations and sweeps: every job checked before any folder exists ---------------
+
+def _train_main(*argv: str):
+    def action(work: Path):
+        import sys
+
+        from segflow.train import main
+
+        old = sys.argv
+        sys.argv = ["segflow.train", f"paths.output_root={work / 'outputs'}", *argv]
+        try:
+            return main()
+        finally:
+            sys.argv = old
+    return action
+
+
+INTERPOLATION_CASES = [
+    Case("+foo=${foo}", _train_main("+foo=${foo}"), 2,
+         "foo=${foo} cannot be resolved (Recursive interpolation detected)", absent=["outputs"]),
+    Case("data.root=${data.root}", _train_main("data=folder", "data.root=${data.root}"), 2,
+         "data.root=${data.root} cannot be resolved (Recursive interpolation detected)",
+         absent=["outputs"]),
+    Case("data.root=${nosuch.key}", _train_main("data.root=${nosuch.key}"), 2,
+         "data.root=${nosuch.key} cannot be resolved (Interpolation key 'nosuch.key' not found)",
+         absent=["outputs"]),
+    Case("experiment_name=${experiment_name}", _train_main("experiment_name=${experiment_name}"), 2,
+         "experiment_name=${experiment_name} cannot be resolved", absent=["outputs"]),
+    Case("a bad value reaching the model", _train_main("model.net.base_channels=sixteen"), 2,
+         "model.net.base_channels='sixteen' is not valid", absent=["outputs"]),
+]
+
+
+@pytest.mark.parametrize("case", INTERPOLATION_CASES, ids=lambda c: c.id)
+def test_interpolation_errors_before_any_folder(case, tmp_path, capsys, caplog):
+    check_case(case, tmp_path, capsys, caplog)
+    assert "exception formatting" not in capsys.readouterr().err
+
+
+def test_a_sweep_is_checked_job_by_job_before_launch():
+    from segflow.infra.precheck import compose_jobs
+    from segflow.infra.validate import validate_train
+
+    plan = compose_jobs(["-m", "model=unet,csnet", "model.learning_rate=0.001,bogus"],
+                        "segflow.train", "conf", "train", validate_train)
+    assert plan.multirun and [j.num for j in plan.jobs] == [0, 1, 2, 3]
+    assert [j.num for j in plan.rejected] == [1, 3]
+    assert plan.jobs[2].overrides == ["model=csnet", "model.learning_rate=0.001"]
+    assert plan.rejected[0].error == ("model.learning_rate=bogus is not valid: "
+                                      "model.learning_rate must be a number > 0")

@@ -37,6 +37,7 @@ from segflow.engine.preemption import slurm_plugins
 from segflow.infra.atomic import AtomicCheckpointIO, write_json
 from segflow.infra.debug import data_keys, debug_data, debug_sampling
 from segflow.infra.errors import ConfigError, OutOfMemoryAdvice, SegflowError
+from segflow.infra.precheck import check_job
 from segflow.infra.validate import validate_train
 from segflow.runs.auto_resume import fingerprint, resolve_resume
 from segflow.runs.layout import RunFolder
@@ -109,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    validate_train(cfg)
+    check_job(cfg, validate_train)  # interpolations resolved, every value checked
     pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = resume_checkpoint(cfg, child)
     fp = fingerprint(cfg)

@@ -134,6 +134,25 @@ class EvalFolder:
 
 
 @dataclass(frozen=True)
+class SweepFolder:
+    """The files of one multirun folder (``<root>/multirun/<sweep>/<time>``): its jobs are
+    the sub-folders ``<num>``; ``.jobs/<num>.json`` is what each job ended with, and
+    ``sweep.json`` every job of the sweep (finished, failed, refused before launch)."""
+
+    path: Path
+
+    def job(self, num: int | str) -> Path:
+        return self.path / str(num)
+
+    def job_status(self, num: int | str) -> Path:
+        return self.path / ".jobs" / f"{num}.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "sweep.json"
+
+
+@dataclass(frozen=True)
 class RunFolder:
     """The files and folders of one training run."""
 
@@ -332,6 +351,12 @@ def run_dir(root: str, experiment: str, when: str) -> str:
 def sweep_dir(root: str, sweep: str, when: str) -> str:
     """``hydra.sweep.dir`` of a multirun: a new ``<root>/multirun/<sweep>/<when>``."""
     return str(shared_claims("run_dir", [Layout.at(root).sweep(sweep, when)])[0])
+
+
+def claimed_sweep() -> SweepFolder | None:
+    """The multirun folder this process claimed (:func:`sweep_dir`), if any."""
+    claimed = json.loads(os.environ.get("SEGFLOW_CLAIMED_RUN_DIR", "[]") or "[]")
+    return SweepFolder(Path(claimed[0])) if claimed and Path(claimed[0]).is_dir() else None
 
 
 def tool_dir(root: str, kind: str, when: str) -> str:
