@@ -38,12 +38,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     # A failed start leaves no folder; a failed run is marked FAILED (segflow.runs.failed).
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
-    sweep = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None  # a failed job: the rest go on
+    multirun = hc.mode == RunMode.MULTIRUN  # a failed job is recorded and the rest go on
+    num = hc.job.num if multirun else 0
     summary: dict = {}  # a failed sweep job: recorded, no objective
-    with sweep_job(sweep, hc.job.num, list(hc.overrides.task)), exit_on_user_error(log), \
-            guarded_training(run_dir):
-        if sweep is not None:
-            refuse_if_rejected(hc.job.num)  # refused before launch: its folder goes
+    with sweep_job(hc.sweep.dir if multirun else None, num, list(hc.overrides.task)), \
+            exit_on_user_error(log), guarded_training(run_dir):
+        if multirun:
+            refuse_if_rejected(num)  # refused before launch: its folder goes
         summary = train(cfg)
     score = summary.get("best_val_dice")
     if score is None:

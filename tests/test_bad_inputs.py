@@ -820,3 +820,43 @@ def test_a_sweep_is_checked_job_by_job_before_launch():
     assert plan.jobs[2].overrides == ["model=csnet", "model.learning_rate=0.001"]
     assert plan.rejected[0].error == ("model.learning_rate=bogus is not valid: "
                                       "model.learning_rate must be a number > 0")
+
+
+# -- writers never overwrite: export into a used folder ------------------------------------
+
+def _export(run: Path, out: Path, *extra: str):
+    def action(work: Path):
+        from segflow.inference.export import export_configured
+
+        cfg = _compose("export", [f"run_dir={run}", f"output_dir={out}", *extra], hydra=True)
+        folder = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        export_configured(cfg, folder)
+        return 0
+    return action
+
+
+def test_export_never_overwrites(tiny_runs, tmp_path, capsys, caplog, monkeypatch):
+    run = _copy_run(tiny_runs.get("unet"), tmp_path / "run")
+    used = tmp_path / "d"
+    used.mkdir()
+    (used / "model.pt").write_text("keep")
+    (used / "export.json").write_text("{}")
+    (used / "notes.txt").write_text("mine")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    check_unchanged(Case("export into a used folder", _export(run, used), 2,
+                         f"output_dir={used} already holds model.pt, export.json; choose a new "
+                         f"output_dir"), tmp_path, capsys, caplog, under="d")
+    real_access = os.access
+    with monkeypatch.context() as m:  # a read-only folder (as root sees one: os.access)
+        m.setattr(os, "access", lambda p, mode: False if Path(p) == ro else real_access(p, mode))
+        check_case(Case("export into a read-only folder", _export(run, ro), 2,
+                        f"cannot create the output folder {ro}: permission denied"),
+                   tmp_path, capsys, caplog)
+    assert list(ro.iterdir()) == []
+    check_case(Case("export overwrite=true", _export(run, used, "overwrite=true"), 0, ""),
+               tmp_path, capsys, caplog)
+    assert (used / "notes.txt").read_text() == "mine"  # not segflow's: left alone
+    assert (used / "model.pt").read_bytes() != b"keep"
+    assert json.loads((used / "export.json").read_text())["format"] == "torchscript"

@@ -434,11 +434,25 @@ def check_overwrites(out: Path, stems: list[str], overwrite: bool) -> None:
                           f"pass overwrite=true to replace them")
 
 
-def export_dir(output_dir: str | None, run_dir: str, fmt: str) -> Path:
+def export_dir(output_dir: str | None, run_dir: str, fmt: str, files: Iterable[str] = (),
+               overwrite: bool = False) -> Path:
     """``output_dir``, else a new ``<run folder>/export/<format>`` (``_1``, ``_2`` when taken).
-    The caller checks the format and the checkpoint first (nothing is made for a refusal)."""
+    The caller checks the format and the checkpoint first (nothing is made for a refusal).
+
+    Raises:
+        ConfigError: ``output_dir`` already holds one of ``files`` (what the export writes)
+            and not ``overwrite``, or cannot be written (naming the folder).
+    """
     run = _existing_run(run_dir, "export")
-    return Path(output_dir) if output_dir else claim_dir(RunFolder(run).export(fmt))
+    if not output_dir:
+        return claim_dir(RunFolder(run).export(fmt))
+    folder = Path(output_dir)
+    taken = [n for n in files if (folder / n).exists()] if folder.is_dir() else []
+    if taken and not overwrite:
+        raise ConfigError(f"output_dir={folder} already holds {', '.join(taken)}; choose a new "
+                          f"output_dir, leave it unset (a new folder under the run) or pass "
+                          f"overwrite=true to replace them (other files there are left alone)")
+    return check_writable(folder)
 
 
 def report_dir(paths: list[str | Path], root: str | Path | None = None) -> Path:
