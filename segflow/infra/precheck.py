@@ -114,6 +114,24 @@ def compose_jobs(argv: Sequence[str], module: str, config_path: str, config_name
             GlobalHydra.instance().clear()
 
 
+def apply_overrides(base: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """``base`` (a composed config) with ``key=value`` overrides applied as Hydra applies
+    them after composing its defaults (group choices such as ``model=csnet`` need
+    :func:`compose_jobs`); a refused override is a ConfigError naming it."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    cfg = base.copy()
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"{' '.join(overrides)}: {_first(exc)}; see --cfg job for the keys "
+                          f"there are (add a new one with +key=value)") from exc
+    return cfg
+
+
 def _first(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
