@@ -860,3 +860,34 @@ def test_export_never_overwrites(tiny_runs, tmp_path, capsys, caplog, monkeypatc
     assert (used / "notes.txt").read_text() == "mine"  # not segflow's: left alone
     assert (used / "model.pt").read_bytes() != b"keep"
     assert json.loads((used / "export.json").read_text())["format"] == "torchscript"
+
+
+def test_children_end_with_their_parent(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    # A parent running a long child through run_child (as segflow.compare runs its
+    # evaluations): SIGTERM to the parent reaches the child, and the parent exits 143.
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from segflow.infra.children import run_child; "
+        f"sys.exit(run_child([sys.executable, '-c', {child!r}]))")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    for _ in range(200):
+        if pid_file.is_file() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    child_pid = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=20) == 128 + signal.SIGTERM
+    for _ in range(100):
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        pytest.fail("the child outlived its parent")
