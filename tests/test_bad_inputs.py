@@ -261,6 +261,25 @@ def test_damaged_checkpoints_and_resume_auto(tiny_runs, tmp_path, capsys, caplog
     assert found == old / "checkpoints" / "last.ckpt"  # the newest intact one
     assert f"skipping {new / 'checkpoints' / 'last.ckpt'}" in caplog.text
 
+    # A run still training (its RUNNING lock names a live process) is never forked; a lock
+    # whose process is gone (kill -9) does not count.
+    import socket
+    import subprocess
+    import sys
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (old / "RUNNING").write_text(json.dumps({"pid": alive.pid, "host": socket.gethostname()}))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert find_last_checkpoint(tmp_path / "outputs", "exp", fingerprint(cfg)) is None
+        assert f"skipping {old / 'checkpoints' / 'last.ckpt'}: its run is still training (pid {alive.pid}" in caplog.text
+    finally:
+        alive.kill()
+        alive.wait()
+    assert find_last_checkpoint(tmp_path / "outputs", "exp", fingerprint(cfg)) == old / "checkpoints" / "last.ckpt"
+    (old / "RUNNING").unlink()
+
     cases = [
         Case("eval on a truncated best.ckpt", lambda w: evaluate(_compose(
             "eval", [f"run_dir={new}", "trainer=cpu", f"output_dir={w / 'ev'}"])), 2,
@@ -673,6 +692,7 @@ def test_a_diverging_run_stops_at_once_with_one_sentence(workdir):
     (run,) = run_dirs(workdir)  # kept: its log says how far it got
     reason = (run / "FAILED").read_text()
     assert reason.startswith("training diverged at step"), reason
+    assert not (run / "RUNNING").exists()  # the lock goes with the process
     for ckpt in run.rglob("*.ckpt"):  # any checkpoint kept holds finite weights only
         state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt

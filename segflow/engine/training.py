@@ -39,7 +39,7 @@ from segflow.infra.debug import data_keys, debug_data, debug_sampling
 from segflow.infra.errors import ConfigError, OutOfMemoryAdvice, SegflowError
 from segflow.infra.precheck import check_job
 from segflow.infra.validate import validate_train
-from segflow.runs.auto_resume import fingerprint, resolve_resume
+from segflow.runs.auto_resume import fingerprint, resolve_resume, run_lock
 from segflow.runs.layout import RunFolder
 from segflow.runs.logs import build_many, route_lightning_logs_to_file
 from segflow.runs.records import RunRecord
@@ -123,11 +123,12 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     log.info("experiment %s, config fingerprint %s%s", cfg.experiment_name, fp,
              f", resuming {ckpt_path}" if ckpt_path else "")
     start = time.time()
-    with _stop_cleanly(cfg, trainer, interrupt):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    summary = fit_summary(cfg, trainer, run_dir, fp, ckpt_path, time.time() - start, eff)
-    if cfg.get("test_after_fit", True):
-        summary.update(run_test(cfg, trainer, module, datamodule, interrupt))
+    with run_lock(run_dir, primary=trainer.global_rank == 0 and not is_ddp_child()):
+        with _stop_cleanly(cfg, trainer, interrupt):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        summary = fit_summary(cfg, trainer, run_dir, fp, ckpt_path, time.time() - start, eff)
+        if cfg.get("test_after_fit", True):
+            summary.update(run_test(cfg, trainer, module, datamodule, interrupt))
     for lg in trainer.loggers:
         if hasattr(lg, "close"):
             lg.close()

@@ -39,7 +39,7 @@ FAILED = "FAILED"
 
 #: What a start writes before any result: a folder holding only these is removed on failure.
 _BOOKKEEPING = (".hydra", "*.log", "preprocess.json", "tensorboard", "csv", "checkpoints", FAILED,
-                "wandb", "mlruns", "lightning_logs")
+                "wandb", "mlruns", "lightning_logs", "RUNNING")
 #: Files that are results: their presence keeps the folder (marked FAILED instead).
 _RESULTS = ("*.ckpt", "metrics.json", "console.log")
 

@@ -187,6 +187,11 @@ class RunFolder:
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
+    @property
+    def lock(self) -> Path:
+        """``RUNNING``: the training process of this run (pid, host, SLURM job), while it runs."""
+        return self.path / "RUNNING"
+
     def checkpoint(self, which: str) -> Path:
         return self.checkpoints / f"{which}.ckpt"
 
