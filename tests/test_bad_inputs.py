@@ -911,3 +911,32 @@ def test_children_end_with_their_parent(tmp_path):
     else:
         os.kill(child_pid, signal.SIGKILL)
         pytest.fail("the child outlived its parent")
+
+
+def test_a_checkpoint_of_a_newer_or_another_segflow_is_named(tiny_runs, tmp_path, capsys, caplog):
+    from segflow.infra.version import VERSION
+
+    newer = _copy_run(tiny_runs.get("unet"), tmp_path / "newer")
+    foreign = _copy_run(tiny_runs.get("unet"), tmp_path / "foreign")
+    best = newer / "checkpoints" / "best.ckpt"
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    assert ckpt["segflow_version"] == VERSION  # every checkpoint says who wrote it
+    ckpt["segflow_version"] = "9.0.0"
+    torch.save(ckpt, best)
+    ckpt = torch.load(foreign / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    ckpt.pop("segflow_version")
+    ckpt["segflow_config"]["model"]["net"]["new_knob"] = 3  # a setting this segflow lacks
+    torch.save(ckpt, foreign / "checkpoints" / "best.ckpt")
+    for case in (
+        Case("load a newer segflow's checkpoint", lambda w: segflow.load_run(newer), 2,
+             f"{best} was written by segflow 9.0.0, newer than this segflow {VERSION}"),
+        Case("load a checkpoint with an unknown setting", lambda w: segflow.load_run(foreign), 2,
+             f"cannot be built by segflow {VERSION}: UNet.__init__() got an unexpected keyword "
+             f"argument 'new_knob'; it was written by a segflow that recorded no version"),
+        Case("resume a newer segflow's checkpoint", lambda w: __import__(
+            "segflow.engine.training", fromlist=["x"]).resume_checkpoint(
+            OmegaConf.create({"ckpt_path": str(newer / "checkpoints" / "best.ckpt"),
+                              "paths": {"output_root": str(w / "outputs")}}),
+            type("Child", (), {})()), 2, "was written by segflow 9.0.0"),
+    ):
+        check_case(case, tmp_path, capsys, caplog)

@@ -23,6 +23,7 @@ from segflow.engine.optim import (
     warmup_schedule,
 )
 from segflow.inference.window import check_inference, predict_image
+from segflow.infra.version import VERSION
 from segflow.methods.base import Method, Prediction
 from segflow.metrics import EvalMetrics, VesselMetrics
 
@@ -291,6 +292,7 @@ class SegModule(pl.LightningModule):
 
     # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["segflow_version"] = VERSION  # a newer segflow's checkpoint is named as such
         if self.run_config is not None:
             checkpoint["segflow_config"] = self.run_config
 

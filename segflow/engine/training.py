@@ -40,6 +40,7 @@ from segflow.infra.errors import ConfigError, OutOfMemoryAdvice, SegflowError
 from segflow.infra.precheck import check_job
 from segflow.infra.validate import validate_train
 from segflow.runs.auto_resume import fingerprint, resolve_resume, run_lock
+from segflow.runs.checkpoints import check_written_by, load_checkpoint
 from segflow.runs.layout import RunFolder
 from segflow.runs.logs import build_many, route_lightning_logs_to_file
 from segflow.runs.records import RunRecord
@@ -144,6 +145,8 @@ def resume_checkpoint(cfg: DictConfig, child: ChildCommand) -> str | None:
     if ckpt_path and not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist; pass the last.ckpt of an earlier "
                           f"run (outputs/runs/<experiment>/<time>/checkpoints/last.ckpt)")
+    if ckpt_path:  # a newer segflow's checkpoint: its unknown keys would be dropped silently
+        check_written_by(load_checkpoint(ckpt_path), ckpt_path)
     child.extra_overrides = [f"ckpt_path={hydra_quote(ckpt_path) if ckpt_path else 'null'}"]
     return ckpt_path
 
