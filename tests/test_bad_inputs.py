@@ -940,3 +940,17 @@ def test_a_checkpoint_of_a_newer_or_another_segflow_is_named(tiny_runs, tmp_path
             type("Child", (), {})()), 2, "was written by segflow 9.0.0"),
     ):
         check_case(case, tmp_path, capsys, caplog)
+
+
+def test_file_names_that_are_not_utf8_reach_the_csv(tiny_runs, tmp_path, capsys, caplog):
+    run = _copy_run(tiny_runs.get("unet"), tmp_path / "run")
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    img = (np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)
+    raw = os.fsdecode(b"\xffa.png")  # the name as Python reads it from the folder
+    assert cv2.imencode(".png", img)[0]
+    (folder / raw).write_bytes(cv2.imencode(".png", img)[1].tobytes())
+    check_case(Case("predict a file whose name is not UTF-8", lambda w: _predict(
+        w, run, "odd", f"output_dir={w / 'out'}"), 0, ""), tmp_path, capsys, caplog)
+    table = (tmp_path / "out" / "predictions.csv").read_text(encoding="utf-8")
+    assert "\\xffa.png" in table, table  # its byte escaped, the row there
