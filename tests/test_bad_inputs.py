@@ -444,6 +444,16 @@ def test_prepare_only_replaces_what_it_wrote(tmp_path, capsys, caplog):
     for case in cases:
         check_case(case, tmp_path, capsys, caplog)
     assert cv2.imread(str(edited), cv2.IMREAD_UNCHANGED).min() == 255  # the edit survived
+    import fcntl
+
+    with open(tmp_path / ".dest.lock", "w") as held:  # another prepare is writing dest
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 4242")
+        held.flush()
+        check_unchanged(Case("prepare while another prepare writes it", _prep(
+            "folder", "{w}/src", "{w}/dest", "--force"), 2,
+            "dest is being prepared by another segflow.prepare (pid 4242); wait for it"),
+            tmp_path, capsys, caplog, under="dest")
     assert (tmp_path / "dest" / "notes.txt").read_text() == "mine"
 
 
