@@ -37,7 +37,7 @@ def announce(plan: Any) -> None:
     launch and tell the jobs; nothing for a single run."""
     os.environ.pop(_REJECTED, None)
     if not plan.multirun or not plan.checked:
-        return
+        return  # (Optuna's sweeper asks each trial for its value: failures end it as before)
     rejected = {str(j.num): j.error for j in plan.rejected}
     for job in plan.rejected:
         print(f"error: job #{job.num} ({shown(job.overrides, plan)}) will not run: {job.error}",
@@ -50,8 +50,9 @@ def announce(plan: Any) -> None:
 
 @contextmanager
 def sweep_job(sweep_dir: str | Path | None, num: Any, overrides: list[str]) -> Iterator[None]:
-    """Around one job (``sweep_dir`` None: a single run, nothing changes)."""
-    if sweep_dir is None:
+    """Around one job (``sweep_dir`` None: a single run, nothing changes; a sweep whose jobs
+    were not checked up front, e.g. Optuna's, which needs each failure: nothing changes)."""
+    if sweep_dir is None or _REJECTED not in os.environ:
         yield
         return
     folder = SweepFolder(Path(sweep_dir))
