@@ -231,8 +231,8 @@ def prepare(kind: str, source: str | Path, dest: str | Path, force: bool = False
 
 @contextmanager
 def dest_lock(dest: Path) -> Iterator[None]:
-    """Hold ``.<dest>.lock`` beside ``dest`` while preparing it (released when the process
-    ends, however it ends).
+    """Hold ``.<dest>.lock`` beside ``dest`` while preparing it; removed when done (the lock
+    itself is released when the process ends, however it ends).
 
     Raises:
         DataError: another process holds it.
@@ -249,6 +249,8 @@ def dest_lock(dest: Path) -> Iterator[None]:
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not lock.exists() or os.stat(lock).st_ino != os.fstat(handle.fileno()).st_ino:
+                raise OSError("the lock file was replaced meanwhile")  # its holder just ended
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
@@ -262,6 +264,7 @@ def dest_lock(dest: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            lock.unlink(missing_ok=True)  # while still held: a waiting process sees it replaced
             fcntl.flock(handle, fcntl.LOCK_UN)
     finally:
         handle.close()
