@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from segflow.infra.errors import ConfigError, SegflowError
@@ -162,17 +162,11 @@ def _check(cfg: DictConfig, check: Callable[[DictConfig], None]) -> None:
         for key in [k for k in cfg if k != "hydra"]:
             check_resolvable(cfg, str(key))
         job_cfg = cfg.copy()
-        with _open(job_cfg):
+        with open_dict(job_cfg):
             job_cfg.pop("hydra", None)
         check(job_cfg)
     finally:
         HydraConfig.instance().cfg = previous
-
-
-def _open(cfg: DictConfig):
-    from omegaconf import open_dict
-
-    return open_dict(cfg)
 
 
 def check_resolvable(cfg: DictConfig, key: str) -> None:
