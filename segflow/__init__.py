@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from segflow.infra.version import VERSION as __version__  # noqa: F401 - also in checkpoints
+
 __all__ = ["load_run", "Run", "Segmentation"]
 
 

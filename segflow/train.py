@@ -17,13 +17,17 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from segflow.conf.resolvers import register_resolvers
 from segflow.engine.faults import guarded_training
 from segflow.engine.training import train
-from segflow.infra.commands import start_hydra
-from segflow.infra.errors import command, exit_on_user_error
+from segflow.infra.config_files import check_config_dirs
+from segflow.infra.errors import ConfigError, command, exit_on_user_error
+from segflow.infra.precheck import compose_jobs
+from segflow.infra.validate import validate_train
+from segflow.runs.sweeps import announce, finish, refuse_if_rejected, sweep_job
 
 log = logging.getLogger("segflow.train")
 
@@ -32,8 +36,15 @@ log = logging.getLogger("segflow.train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     """One job; returns the objective for Hydra sweepers (validation Dice, else test Dice)."""
     # A failed start leaves no folder; a failed run is marked FAILED (segflow.runs.failed).
-    run_dir = HydraConfig.get().runtime.output_dir
-    with exit_on_user_error(log), guarded_training(run_dir):
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
+    multirun = hc.mode == RunMode.MULTIRUN  # a failed job is recorded and the rest go on
+    num = hc.job.num if multirun else 0
+    summary: dict = {}  # a failed sweep job: recorded, no objective
+    with sweep_job(hc.sweep.dir if multirun else None, num, list(hc.overrides.task)), \
+            exit_on_user_error(log), guarded_training(run_dir):
+        if multirun:
+            refuse_if_rejected(num)  # refused before launch: its folder goes
         summary = train(cfg)
     score = summary.get("best_val_dice")
     if score is None:
@@ -42,9 +53,17 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 @command
-def main() -> None:
+def main() -> int:
     """Entry point (``segflow-train``)."""
-    start_hydra(_hydra_main, register_resolvers)
+    check_config_dirs()  # a YAML syntax error in --config-dir: one sentence
+    register_resolvers()
+    # Every job's config, interpolations resolved, checked before any folder exists.
+    plan = compose_jobs(sys.argv[1:], "segflow.train", "conf", "train", validate_train)
+    if not plan.multirun and plan.rejected:
+        raise ConfigError(plan.rejected[0].error)
+    announce(plan)
+    _hydra_main()
+    return finish(plan)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import segflow
 from segflow.engine.evaluation import evaluate
 from segflow.infra.atomic import AtomicCheckpointIO, checkpoint_problem
 from segflow.infra.commands import open_key_overrides
@@ -260,6 +261,25 @@ def test_damaged_checkpoints_and_resume_auto(tiny_runs, tmp_path, capsys, caplog
     assert found == old / "checkpoints" / "last.ckpt"  # the newest intact one
     assert f"skipping {new / 'checkpoints' / 'last.ckpt'}" in caplog.text
 
+    # A run still training (its RUNNING lock names a live process) is never forked; a lock
+    # whose process is gone (kill -9) does not count.
+    import socket
+    import subprocess
+    import sys
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (old / "RUNNING").write_text(json.dumps({"pid": alive.pid, "host": socket.gethostname()}))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert find_last_checkpoint(tmp_path / "outputs", "exp", fingerprint(cfg)) is None
+        assert f"skipping {old / 'checkpoints' / 'last.ckpt'}: its run is still training (pid {alive.pid}" in caplog.text
+    finally:
+        alive.kill()
+        alive.wait()
+    assert find_last_checkpoint(tmp_path / "outputs", "exp", fingerprint(cfg)) == old / "checkpoints" / "last.ckpt"
+    (old / "RUNNING").unlink()
+
     cases = [
         Case("eval on a truncated best.ckpt", lambda w: evaluate(_compose(
             "eval", [f"run_dir={new}", "trainer=cpu", f"output_dir={w / 'ev'}"])), 2,
@@ -424,6 +444,16 @@ def test_prepare_only_replaces_what_it_wrote(tmp_path, capsys, caplog):
     for case in cases:
         check_case(case, tmp_path, capsys, caplog)
     assert cv2.imread(str(edited), cv2.IMREAD_UNCHANGED).min() == 255  # the edit survived
+    import fcntl
+
+    with open(tmp_path / ".dest.lock", "w") as held:  # another prepare is writing dest
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 4242")
+        held.flush()
+        check_unchanged(Case("prepare while another prepare writes it", _prep(
+            "folder", "{w}/src", "{w}/dest", "--force"), 2,
+            "dest is being prepared by another segflow.prepare (pid 4242); wait for it"),
+            tmp_path, capsys, caplog, under="dest")
     assert (tmp_path / "dest" / "notes.txt").read_text() == "mine"
 
 
@@ -642,8 +672,40 @@ def test_nan_pixels_and_nan_outputs_are_named(tiny_runs, tmp_path, capsys, caplo
              "the network output for 0008.png is not finite (4096 NaN values of 4096): stopped",
              absent=["ev/test/metrics.json", "ev/test"]),
     ]
+    api = segflow.load_run(run, device="cpu")
+    nan_array, inf_array = img.copy(), np.random.default_rng(1).random((32, 32)).astype("f4")
+    inf_array[3, 4] = np.inf
+    cases += [
+        Case("Run.predict on an array with NaN", lambda w: api.predict(nan_array), 2,
+             "the image array has 100 NaN values of 1600; segflow does not guess them"),
+        Case("Run.predict on a list holding an Inf tensor", lambda w: api.predict(
+            [img[20:28, 20:28], torch.from_numpy(inf_array)]), 2, "item 1 of the list has 1 Inf values"),
+        Case("Run.predict_tensor with NaN", lambda w: api.predict_tensor(
+            torch.full((1, 1, 8, 8), float("nan"))), 2,
+             "the image tensor given to Run.predict_tensor has 64 NaN values of 64"),
+    ]
     for case in cases:
         check_unchanged(case, tmp_path, capsys, caplog, under="run")
+
+
+def test_a_diverging_run_stops_at_once_with_one_sentence(workdir):
+    from conftest import run_entry
+
+    # lr=1e12: the weights are NaN after the first steps; the loss (or the validation
+    # output) is checked before those weights are used or saved.
+    proc = run_entry("segflow.train", [*TINY, "debug=default", "trainer.max_epochs=2",
+                                       "model.learning_rate=1e12"], workdir)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "training diverged at step " in out and "lower model.learning_rate (now 1e+12" in out, out[-2000:]
+    assert "trainer.precision=32-true (full precision" in out and "Traceback" not in out and "bincount" not in out
+    (run,) = run_dirs(workdir)  # kept: its log says how far it got
+    reason = (run / "FAILED").read_text()
+    assert reason.startswith("training diverged at step"), reason
+    assert not (run / "RUNNING").exists()  # the lock goes with the process
+    for ckpt in run.rglob("*.ckpt"):  # any checkpoint kept holds finite weights only
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
 
 
 def test_one_sentence_each(tiny_runs, tmp_path, capsys, caplog, monkeypatch):
@@ -736,3 +798,169 @@ def test_failed_run_guard_removes_only_a_users_failed_start(tmp_path):
     with pytest.raises(SystemExit), failed_run_guard(stopped, primary=True):
         sys.exit(143)
     assert not (stopped / "FAILED").exists()
+
+
+# -- interpolations and sweeps: every job checked before any folder exists ---------------
+
+def _train_main(*argv: str):
+    def action(work: Path):
+        import sys
+
+        from segflow.train import main
+
+        old = sys.argv
+        sys.argv = ["segflow.train", f"paths.output_root={work / 'outputs'}", *argv]
+        try:
+            return main()
+        finally:
+            sys.argv = old
+    return action
+
+
+INTERPOLATION_CASES = [
+    Case("+foo=${foo}", _train_main("+foo=${foo}"), 2,
+         "foo=${foo} cannot be resolved (Recursive interpolation detected)", absent=["outputs"]),
+    Case("data.root=${data.root}", _train_main("data=folder", "data.root=${data.root}"), 2,
+         "data.root=${data.root} cannot be resolved (Recursive interpolation detected)",
+         absent=["outputs"]),
+    Case("data.root=${nosuch.key}", _train_main("data.root=${nosuch.key}"), 2,
+         "data.root=${nosuch.key} cannot be resolved (Interpolation key 'nosuch.key' not found)",
+         absent=["outputs"]),
+    Case("experiment_name=${experiment_name}", _train_main("experiment_name=${experiment_name}"), 2,
+         "experiment_name=${experiment_name} cannot be resolved", absent=["outputs"]),
+    Case("a bad value reaching the model", _train_main("model.net.base_channels=sixteen"), 2,
+         "model.net.base_channels='sixteen' is not valid", absent=["outputs"]),
+]
+
+
+@pytest.mark.parametrize("case", INTERPOLATION_CASES, ids=lambda c: c.id)
+def test_interpolation_errors_before_any_folder(case, tmp_path, capsys, caplog):
+    check_case(case, tmp_path, capsys, caplog)
+    assert "exception formatting" not in capsys.readouterr().err
+
+
+def test_a_sweep_is_checked_job_by_job_before_launch():
+    from segflow.infra.precheck import compose_jobs
+    from segflow.infra.validate import validate_train
+
+    plan = compose_jobs(["-m", "model=unet,csnet", "model.learning_rate=0.001,bogus"],
+                        "segflow.train", "conf", "train", validate_train)
+    assert plan.multirun and [j.num for j in plan.jobs] == [0, 1, 2, 3]
+    assert [j.num for j in plan.rejected] == [1, 3]
+    assert plan.jobs[2].overrides == ["model=csnet", "model.learning_rate=0.001"]
+    assert plan.rejected[0].error == ("model.learning_rate=bogus is not valid: "
+                                      "model.learning_rate must be a number > 0")
+
+
+# -- writers never overwrite: export into a used folder ------------------------------------
+
+def _export(run: Path, out: Path, *extra: str):
+    def action(work: Path):
+        from segflow.inference.export import export_configured
+
+        cfg = _compose("export", [f"run_dir={run}", f"output_dir={out}", *extra], hydra=True)
+        folder = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        export_configured(cfg, folder)
+        return 0
+    return action
+
+
+def test_export_never_overwrites(tiny_runs, tmp_path, capsys, caplog, monkeypatch):
+    run = _copy_run(tiny_runs.get("unet"), tmp_path / "run")
+    used = tmp_path / "d"
+    used.mkdir()
+    (used / "model.pt").write_text("keep")
+    (used / "export.json").write_text("{}")
+    (used / "notes.txt").write_text("mine")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    check_unchanged(Case("export into a used folder", _export(run, used), 2,
+                         f"output_dir={used} already holds model.pt, export.json; choose a new "
+                         f"output_dir"), tmp_path, capsys, caplog, under="d")
+    real_access = os.access
+    with monkeypatch.context() as m:  # a read-only folder (as root sees one: os.access)
+        m.setattr(os, "access", lambda p, mode: False if Path(p) == ro else real_access(p, mode))
+        check_case(Case("export into a read-only folder", _export(run, ro), 2,
+                        f"cannot create the output folder {ro}: permission denied"),
+                   tmp_path, capsys, caplog)
+    assert list(ro.iterdir()) == []
+    check_case(Case("export overwrite=true", _export(run, used, "overwrite=true"), 0, ""),
+               tmp_path, capsys, caplog)
+    assert (used / "notes.txt").read_text() == "mine"  # not segflow's: left alone
+    assert (used / "model.pt").read_bytes() != b"keep"
+    assert json.loads((used / "export.json").read_text())["format"] == "torchscript"
+
+
+def test_children_end_with_their_parent(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    # A parent running a long child through run_child (as segflow.compare runs its
+    # evaluations): SIGTERM to the parent reaches the child, and the parent exits 143.
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from segflow.infra.children import run_child; "
+        f"sys.exit(run_child([sys.executable, '-c', {child!r}]))")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    for _ in range(200):
+        if pid_file.is_file() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    child_pid = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=20) == 128 + signal.SIGTERM
+    for _ in range(100):
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        pytest.fail("the child outlived its parent")
+
+
+def test_a_checkpoint_of_a_newer_or_another_segflow_is_named(tiny_runs, tmp_path, capsys, caplog):
+    from segflow.infra.version import VERSION
+
+    newer = _copy_run(tiny_runs.get("unet"), tmp_path / "newer")
+    foreign = _copy_run(tiny_runs.get("unet"), tmp_path / "foreign")
+    best = newer / "checkpoints" / "best.ckpt"
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    assert ckpt["segflow_version"] == VERSION  # every checkpoint says who wrote it
+    ckpt["segflow_version"] = "9.0.0"
+    torch.save(ckpt, best)
+    ckpt = torch.load(foreign / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    ckpt.pop("segflow_version")
+    ckpt["segflow_config"]["model"]["net"]["new_knob"] = 3  # a setting this segflow lacks
+    torch.save(ckpt, foreign / "checkpoints" / "best.ckpt")
+    for case in (
+        Case("load a newer segflow's checkpoint", lambda w: segflow.load_run(newer), 2,
+             f"{best} was written by segflow 9.0.0, newer than this segflow {VERSION}"),
+        Case("load a checkpoint with an unknown setting", lambda w: segflow.load_run(foreign), 2,
+             f"cannot be built by segflow {VERSION}: UNet.__init__() got an unexpected keyword "
+             f"argument 'new_knob'; it was written by a segflow that recorded no version"),
+        Case("resume a newer segflow's checkpoint", lambda w: __import__(
+            "segflow.engine.training", fromlist=["x"]).resume_checkpoint(
+            OmegaConf.create({"ckpt_path": str(newer / "checkpoints" / "best.ckpt"),
+                              "paths": {"output_root": str(w / "outputs")}}),
+            type("Child", (), {})()), 2, "was written by segflow 9.0.0"),
+    ):
+        check_case(case, tmp_path, capsys, caplog)
+
+
+def test_file_names_that_are_not_utf8_reach_the_csv(tiny_runs, tmp_path, capsys, caplog):
+    run = _copy_run(tiny_runs.get("unet"), tmp_path / "run")
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    img = (np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8)
+    raw = os.fsdecode(b"\xffa.png")  # the name as Python reads it from the folder
+    assert cv2.imencode(".png", img)[0]
+    (folder / raw).write_bytes(cv2.imencode(".png", img)[1].tobytes())
+    check_case(Case("predict a file whose name is not UTF-8", lambda w: _predict(
+        w, run, "odd", f"output_dir={w / 'out'}"), 0, ""), tmp_path, capsys, caplog)
+    table = (tmp_path / "out" / "predictions.csv").read_text(encoding="utf-8")
+    assert "\\xffa.png" in table, table  # its byte escaped, the row there

@@ -36,6 +36,30 @@ def test_joblib_runs_two_jobs_in_parallel(train, workdir):
     assert _event_pid(jobs[0]) != _event_pid(jobs[1])
 
 
+@pytest.mark.parametrize("launcher", ["local", "joblib"])
+def test_a_sweep_keeps_its_valid_jobs(train, workdir, launcher):
+    # Four jobs: two valid, one that diverges at run time, one refused before launch.
+    proc, _ = train("-m", f"launcher={launcher}", "sweep_name=keep",
+                    "model.learning_rate=0.001,1e12,bogus,0.002", expect_ok=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "error: job #2 (model.learning_rate=bogus) will not run" in out
+    assert "2 of 4 jobs finished, 2 failed" in out, out[-3000:]
+    assert "job #1 (model.learning_rate=1000000000000.0) failed: training diverged at step" in out
+    (sweep,) = (workdir / "outputs" / "multirun" / "keep").iterdir()
+    assert (sweep / "0" / "metrics.json").is_file() and (sweep / "3" / "metrics.json").is_file()
+    assert (sweep / "1" / "FAILED").is_file() and not (sweep / "2").exists()
+    jobs = json.loads((sweep / "sweep.json").read_text())["jobs"]
+    assert [j["status"] for j in jobs] == ["finished", "failed", "refused", "finished"]
+    if launcher == "local":
+        from conftest import run_entry
+
+        report = run_entry("segflow.report", [str(sweep), "--no-pictures"], workdir)
+        assert report.returncode == 0, report.stderr[-2000:]
+        assert f"sweep job #2 of {sweep} refused: model.learning_rate=bogus" in report.stderr
+        assert f"sweep job #1 of {sweep} failed: training diverged" in report.stderr
+
+
 def test_submitit_local_runs_a_ddp_job(train, workdir):
     # Lightning would re-run submitit's own __main__ for rank 1; segflow hands it the job.
     train("-m", "launcher=submitit_local", "trainer.strategy=ddp", "trainer.accelerator=cpu",

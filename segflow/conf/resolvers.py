@@ -13,7 +13,8 @@ A user error inside a resolver is printed as its one sentence and exits with sta
 * ``segflow_eval_logs:<output_dir>,<run_dir>,<time>``: an evaluation's log folder (``eval.yaml``);
 * ``segflow_predict_dir:<output_dir>,<run_dir>,<input_dir>,<overwrite>``: the folder of a
   prediction, refused before anything is written in it (``predict.yaml``);
-* ``segflow_export_dir:<output_dir>,<run_dir>,<format>``: the folder of an export (``export.yaml``);
+* ``segflow_export_dir:<output_dir>,<run_dir>,<format>,<overwrite>``: the folder of an export,
+  refused when it holds an earlier export (``export.yaml``);
 * ``segflow.rank0_only:<value>`` / ``segflow.rank_log:<stem>``: ``.hydra/`` and the log file
   of global rank 0 only, where every task of a job runs Hydra (``launcher=slurm``, torchrun);
 * ``segflow.slurm_*``: the sbatch request and Trainer devices of ``slurm.*``
@@ -34,10 +35,10 @@ def _rank() -> int:
     return env_global_rank()
 
 
-def _export_dir(output_dir: str | None, run_dir: str, fmt: str) -> str:
+def _export_dir(output_dir: str | None, run_dir: str, fmt: str, overwrite: bool = False) -> str:
     from segflow.inference.export import export_folder  # torch: imported when used
 
-    return str(export_folder(output_dir, run_dir, fmt))  # checks, then the layout's folder
+    return str(export_folder(output_dir, run_dir, fmt, overwrite))  # checks, then the layout's folder
 
 
 def register_resolvers() -> None:

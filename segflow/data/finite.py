@@ -8,6 +8,12 @@
 * :func:`check_finite_output` — a network output with NaN / Inf (weights that diverged,
   an input the network cannot handle) stops evaluation or prediction with the image's
   name, instead of writing NaN metrics or an empty mask.
+* :func:`check_finite_input` — an array or tensor handed to the Python API
+  (``Run.predict``, ``Run.predict_tensor``) with NaN / Inf values: one sentence naming the
+  input and the count.
+* :func:`check_finite_loss` — a training loss that is NaN / Inf stops training at that
+  step (:class:`DivergedError`), before the optimiser writes non-finite weights and before
+  any checkpoint of them: the run is marked ``FAILED`` and keeps its earlier checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from segflow.infra.errors import DataError
+from segflow.infra.errors import ConfigError, DataError
 
 
 def finite_problem(array: Any) -> str | None:
@@ -78,3 +84,52 @@ def check_finite_batch(probs: Any, names: Any) -> None:
         return
     for i, name in enumerate(names):
         check_finite_output(probs[i], str(name))
+
+
+def check_finite_input(array: Any, where: str) -> Any:
+    """``array`` (an image, stack or batch given to the Python API) if every value is finite.
+
+    Raises:
+        DataError: naming ``where`` and how many values are NaN / Inf.
+    """
+    problem = finite_problem(array)
+    if problem is not None:
+        raise DataError(f"{where} has {problem}; segflow does not guess them: replace them "
+                        f"(e.g. numpy.nan_to_num(image, nan=0.0, posinf=1.0, neginf=0.0)) before "
+                        f"predicting")
+    return array
+
+
+class DivergedError(ConfigError):
+    """The training loss became NaN / Inf (exit 2): a setting to change, but the run folder
+    is kept and marked ``FAILED`` (its log and earlier checkpoints are results)."""
+
+    keeps_run = True
+
+
+def check_finite_training(values: Any, what: str, step: int, learning_rate: Any,
+                          precision: Any, checkpoint: Any = None) -> None:
+    """Stop training when ``values`` (the loss, or the network's validation output) hold
+    NaN / Inf at optimiser step ``step``; ``what`` names them ("the loss is", "the
+    validation output holds"); ``checkpoint``: the newest one saved before, if any.
+
+    Raises:
+        DivergedError: naming the step, the values and the settings that usually cause it.
+    """
+    import torch
+
+    values = values.detach()
+    if bool(torch.isfinite(values).all()):
+        return
+    shown = (f"{float(values.float().flatten()[0])}" if values.numel() == 1
+             else finite_problem(values))
+    kept = (f"the last good checkpoint, {checkpoint}, is kept (continue from it with "
+            f"ckpt_path=...)" if checkpoint else "no checkpoint had been saved yet")
+    lr = f"{learning_rate:g}" if isinstance(learning_rate, int | float) else learning_rate
+    full = str(precision).split("-")[0] in ("32", "64")
+    prec = (f"trainer.precision={precision} (full precision, not the cause)" if full else
+            f"trainer.precision=32-true (now {precision}: half precision can overflow)")
+    raise DivergedError(
+        f"training diverged at step {step}: {what} {shown} (not finite), so training stopped "
+        f"before saving those weights; {kept}; lower model.learning_rate (now {lr}), try "
+        f"{prec}, set trainer.gradient_clip_val=1.0, or check the data for extreme values")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from segflow.data.finite import check_finite_batch
+from segflow.data.finite import check_finite_batch, check_finite_training
 from segflow.engine.callbacks.ema import EMA
 from segflow.engine.distributed import all_gather_object
 from segflow.engine.optim import (
@@ -22,6 +23,7 @@ from segflow.engine.optim import (
     warmup_schedule,
 )
 from segflow.inference.window import check_inference, predict_image
+from segflow.infra.version import VERSION
 from segflow.methods.base import Method, Prediction
 from segflow.metrics import EvalMetrics, VesselMetrics
 
@@ -164,12 +166,27 @@ class SegModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.method.loss(self.net, batch["image"], batch["mask"], batch.get("valid"))
+        self._check_diverged(out["loss"], "the loss is")
         bs = batch["image"].shape[0]
         self.log("train/loss_step", out["loss"], on_step=True, on_epoch=False, prog_bar=True,
                  batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in out.items()}, on_step=False, on_epoch=True,
                       sync_dist=True, batch_size=bs)
         return out["loss"]
+
+    def _check_diverged(self, values: Tensor, what: str) -> None:
+        """Stop training with one sentence when ``values`` are NaN / Inf (before an
+        optimiser step or a checkpoint of such weights)."""
+        if bool(torch.isfinite(values.detach()).all()):
+            return
+        precision, newest = None, None
+        if self._trainer is not None:
+            precision = self.trainer.precision
+            folder = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+            ckpts = sorted(Path(folder).glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder else []
+            newest = ckpts[-1] if ckpts else None
+        check_finite_training(values, what, self.global_step, self.hparams.get("learning_rate"),
+                              precision, newest)
 
     @staticmethod
     def eval_generator(batch: dict[str, Any]) -> torch.Generator:
@@ -195,6 +212,7 @@ class SegModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         pred = self(batch["image"], self.eval_generator(batch))
+        self._check_diverged(pred.probs, "the validation output holds")
         self.val_metrics.update(pred.probs, batch["mask"], batch.get("valid"))
         return {"prediction": pred}
 
@@ -274,6 +292,7 @@ class SegModule(pl.LightningModule):
 
     # -- checkpoints --------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["segflow_version"] = VERSION  # a newer segflow's checkpoint is named as such
         if self.run_config is not None:
             checkpoint["segflow_config"] = self.run_config
 

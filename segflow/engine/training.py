@@ -39,8 +39,10 @@ from segflow.infra.atomic import AtomicCheckpointIO, write_json
 from segflow.infra.debug import data_keys, debug_data, debug_sampling
 from segflow.infra.errors import ConfigError, OutOfMemoryAdvice, SegflowError
 from segflow.infra.machine import set_cpu_threads
+from segflow.infra.precheck import check_job
 from segflow.infra.validate import validate_train
-from segflow.runs.auto_resume import fingerprint, resolve_resume
+from segflow.runs.auto_resume import fingerprint, resolve_resume, run_lock
+from segflow.runs.checkpoints import check_written_by, load_checkpoint
 from segflow.runs.layout import RunFolder
 from segflow.runs.logs import build_many, route_lightning_logs_to_file
 from segflow.runs.records import RunRecord
@@ -114,7 +116,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    validate_train(cfg)
+    check_job(cfg, validate_train)  # interpolations resolved, every value checked
     threads, why = set_cpu_threads()
     log.info("CPU threads: %d (%s)", threads, why)
     pl.seed_everything(cfg.seed, workers=True)
@@ -129,13 +131,14 @@ def _train(cfg: DictConfig, child: ChildCommand) -> dict[str, Any]:
     log.info("experiment %s, config fingerprint %s%s", cfg.experiment_name, fp,
              f", resuming {ckpt_path}" if ckpt_path else "")
     start = time.time()
-    with _stop_cleanly(cfg, trainer, interrupt):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    summary = fit_summary(cfg, trainer, run_dir, fp, ckpt_path, time.time() - start, eff)
-    if trainer.global_rank == 0:
-        summary.update(training_cost(module, datamodule, eff, summary["global_step"]))
-    if cfg.get("test_after_fit", True):
-        summary.update(run_test(cfg, trainer, module, datamodule, interrupt))
+    with run_lock(run_dir, primary=trainer.global_rank == 0 and not is_ddp_child()):
+        with _stop_cleanly(cfg, trainer, interrupt):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        summary = fit_summary(cfg, trainer, run_dir, fp, ckpt_path, time.time() - start, eff)
+        if trainer.global_rank == 0:
+            summary.update(training_cost(module, datamodule, eff, summary["global_step"]))
+        if cfg.get("test_after_fit", True):
+            summary.update(run_test(cfg, trainer, module, datamodule, interrupt))
     for lg in trainer.loggers:
         if hasattr(lg, "close"):
             lg.close()
@@ -151,6 +154,8 @@ def resume_checkpoint(cfg: DictConfig, child: ChildCommand) -> str | None:
     if ckpt_path and not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist; pass the last.ckpt of an earlier "
                           f"run (outputs/runs/<experiment>/<time>/checkpoints/last.ckpt)")
+    if ckpt_path:  # a newer segflow's checkpoint: its unknown keys would be dropped silently
+        check_written_by(load_checkpoint(ckpt_path), ckpt_path)
     child.extra_overrides = [f"ckpt_path={hydra_quote(ckpt_path) if ckpt_path else 'null'}"]
     return ckpt_path
 

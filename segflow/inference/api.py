@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from segflow.data.finite import check_finite_batch, check_finite_input
 from segflow.data.preprocess import Preprocess
 from segflow.infra.errors import DataError
 from segflow.infra.progress import sampling_progress
@@ -140,6 +141,7 @@ class Run:
     def predict_tensor(self, image: torch.Tensor, seed: int | None = 0,
                        **sampling_settings: Any):
         """A preprocessed batch (B, C, H, W) → :class:`~segflow.methods.base.Prediction`."""
+        check_finite_input(image, "the image tensor given to Run.predict_tensor")
         base = self.module.method
         try:
             if sampling_settings:
@@ -195,6 +197,7 @@ class Run:
         out: list[Segmentation | None] = [None] * len(items)
         for index, x in batches(items, lambda it: self.preprocess(it.source, it.fov), batch_size):
             pred = self.predict_tensor(x, seed, **sampling_settings)
+            check_finite_batch(pred.probs, [items[i].name for i in index])
             for k, i in enumerate(index):
                 probs = pred.probs[k, 0].float().cpu().numpy()
                 unc = (None if pred.uncertainty is None

@@ -437,13 +437,15 @@ def export_run(run, out_dir: str | Path, fmt: str = "torchscript", size: int | N
 
 
 
-def export_folder(output_dir: str | None, run_dir: str, fmt: str) -> Path:
+def export_folder(output_dir: str | None, run_dir: str, fmt: str, overwrite: bool = False) -> Path:
     """Where an export goes (:func:`segflow.runs.layout.export_dir`), after checking that
     ``run_dir`` holds a checkpoint and ``fmt`` can be written here: a refusal makes no folder.
 
     Raises:
-        ConfigError: ``run_dir`` is missing or holds no checkpoint, or the format cannot be
-            written here.
+        ConfigError: ``run_dir`` is missing or holds no checkpoint, the format cannot be
+            written here, or ``output_dir`` holds an earlier export (unless ``overwrite``:
+            then only segflow's own files, the network, ``export.json`` and ``export.log``,
+            are replaced) or is not writable.
     """
     from segflow.runs.checkpoints import checkpoint_path
     from segflow.runs.layout import export_dir
@@ -453,7 +455,10 @@ def export_folder(output_dir: str | None, run_dir: str, fmt: str) -> Path:
                           f"(outputs/runs/<experiment>/<time>) or a .ckpt file")
     check_format(str(fmt))
     checkpoint_path(run_dir)  # a folder without a checkpoint: refused before any folder is made
-    return export_dir(output_dir, run_dir, fmt)
+    if not isinstance(overwrite, bool):
+        raise ConfigError(f"overwrite={overwrite!r} is not valid: overwrite must be true or false")
+    own = [FORMATS[str(fmt)], "export.json", "export.log"]
+    return export_dir(output_dir, run_dir, fmt, own, overwrite)
 
 
 def export_configured(cfg: Any, out: Path) -> Path:

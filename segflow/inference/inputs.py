@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segflow.data.finite import check_finite_input
 from segflow.data.io import IMAGE_EXTS, list_images
 from segflow.infra.errors import DataError
 
@@ -46,7 +47,7 @@ def _check_array(arr: np.ndarray, where: str) -> np.ndarray:
     if arr.size == 0:
         raise DataError(f"{where} of shape {arr.shape} has no pixels; give an image with "
                         f"height and width of at least 1")
-    return arr
+    return check_finite_input(arr, where)
 
 
 def _array_items(arr: np.ndarray, fov: Any) -> tuple[list[Item], bool]:

@@ -20,6 +20,7 @@ The tables and metric plots read JSON/CSV/YAML only; the panels load each run's 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from segflow.runs.results import (
     plot_lines,
     write_csv,
 )
+from segflow.runs.sweeps import unfinished_jobs
 
 #: Metrics shown in the Markdown tables and plots (the CSVs hold every metric).
 SHOWN = ("dice", "dice_per_image", "cldice", "betti0_error", "betti1_error", "hd95", "auc",
@@ -119,9 +121,16 @@ def write_report(paths: list[str | Path], out: Path | None = None, pictures: boo
     short_rows = [{**r, "run": labels.get(Path(r["run_dir"]), r["run"])} for r in run_rows]
     table = markdown_table(short_rows, ident + shown + ["best_val_dice"])
     key = "; ".join(f"{labels.get(Path(r['run_dir']), r['run'])}: {r['run']}" for r in run_rows)
+    gaps = unfinished_jobs(paths)  # sweep jobs without a result: refused, failed, missing
+    listed = "".join(f"\n- job #{j['num']} of {j['sweep']} ({' '.join(j.get('overrides', []))}): "
+                     f"{j['status']}: {j.get('reason')}" for j in gaps)
     write_text(out / "report.md",
         f"# segflow report: {len(run_rows)} runs\n\nTest metrics of each run's best checkpoint "
-        f"(`metrics.json`); full columns in `report.csv`. Runs ({key}).\n\n{table}")
+        f"(`metrics.json`); full columns in `report.csv`. Runs ({key}).\n\n{table}"
+        + (f"\n\n## Sweep jobs without results ({len(gaps)})\n{listed}\n" if gaps else ""))
+    for j in gaps:
+        print(f"warning: sweep job #{j['num']} of {j['sweep']} {j['status']}: {j.get('reason')}",
+              file=sys.stderr, flush=True)
     print("report: metrics figure (PNG, SVG, PDF)", flush=True)
     plot_bars(out / "metrics.png", [r["run"] for r in short_rows],
               {k: [float(r.get(k) or 0.0) for r in run_rows]

@@ -21,15 +21,18 @@ import hashlib
 import json
 import logging
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from segflow.infra.atomic import checkpoint_problem
+from segflow.infra.atomic import checkpoint_problem, write_json
 from segflow.infra.errors import ConfigError
 from segflow.runs.failed import failed_reason
-from segflow.runs.layout import Layout, run_folder
+from segflow.runs.layout import Layout, RunFolder, run_folder
 from segflow.runs.records import read_run_config
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,11 @@ def find_last_checkpoint(output_root: str | Path, experiment_name: str, fp: str)
         if same:
             candidates.append((ckpt.stat().st_mtime, ckpt))
     for _, ckpt in sorted(candidates, reverse=True):  # newest intact one
+        running = live_lock(run_folder(ckpt))
+        if running is not None:
+            log.warning("resume=auto: skipping %s: its run is still training (%s; its %s); "
+                        "trying the next newest", ckpt, running, RunFolder(run_folder(ckpt)).lock.name)
+            continue
         problem = checkpoint_problem(ckpt)
         if problem is None:
             reason = failed_reason(run_folder(ckpt))
@@ -101,6 +109,46 @@ def find_last_checkpoint(output_root: str | Path, experiment_name: str, fp: str)
         log.warning("resume=auto: skipping %s: it %s (cut short by a full disk or a kill?); "
                     "trying the next newest", ckpt, problem)
     return None
+
+
+@contextmanager
+def run_lock(run_dir: str | Path, primary: bool = True) -> Iterator[None]:
+    """``<run>/RUNNING`` (pid, host, SLURM job id) while the run trains, so that
+    ``resume=auto`` elsewhere never forks it; removed when training ends, however it ends
+    (a ``kill -9`` leaves it, naming a process that is gone)."""
+    lock = RunFolder(Path(run_dir)).lock
+    if primary:
+        write_json(lock, {"pid": os.getpid(), "host": socket.gethostname(),
+                          "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
+    try:
+        yield
+    finally:
+        if primary:
+            lock.unlink(missing_ok=True)
+
+
+def live_lock(run_dir: str | Path) -> str | None:
+    """Who is training ``run_dir`` now ("pid 123 on host"), or None: no lock, its process
+    is gone, or it is this SLURM job's own earlier attempt (requeued)."""
+    try:
+        held = json.loads(RunFolder(Path(run_dir)).lock.read_text())
+        pid, host = int(held["pid"]), str(held["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and held.get("slurm_job_id") == job:
+        return None
+    if host != socket.gethostname():
+        return f"pid {pid} on {host}"  # cannot be asked from here: taken as running
+    if pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return f"pid {pid} on {host}"
 
 
 def slurm_requeued() -> bool:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segflow.infra.atomic import torch_load_checked
 from segflow.infra.errors import ConfigError, find_user_error
+from segflow.infra.version import VERSION, newer_than_this
 from segflow.runs.layout import RunFolder
 from segflow.runs.records import upgrade_targets
 
@@ -56,6 +57,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch_load_checked(path, lambda: torch.load(path, map_location="cpu", weights_only=False))
 
 
+def written_by(ckpt: dict[str, Any]) -> str:
+    """Which segflow wrote the checkpoint, in words."""
+    version = ckpt.get("segflow_version")
+    return f"segflow {version}" if version else "a segflow that recorded no version (0.1.0 or older)"
+
+
+def check_written_by(ckpt: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint written by a newer segflow (its config may hold keys and classes
+    this one does not know).
+
+    Raises:
+        ConfigError: naming both versions.
+    """
+    written = ckpt.get("segflow_version")
+    if newer_than_this(written):
+        raise ConfigError(f"{path} was written by segflow {written}, newer than this segflow "
+                          f"{VERSION}: its settings may not exist here; upgrade segflow "
+                          f"(pip install -U segflow) to load or resume it")
+
+
 def load_model(path: str | Path, which: str = "best", weights: str = "ema",
                overrides: dict[str, Any] | None = None) -> tuple[Any, DictConfig, dict[str, Any]]:
     """Rebuild a trained :class:`~segflow.engine.module.SegModule` from a checkpoint or run folder.
@@ -84,6 +105,7 @@ def load_model(path: str | Path, which: str = "best", weights: str = "ema",
     ckpt = load_checkpoint(ckpt_file)
     if "segflow_config" not in ckpt:
         raise ConfigError(f"{ckpt_file} has no segflow config (not written by segflow.train?)")
+    check_written_by(ckpt, ckpt_file)
     cfg = OmegaConf.create(upgrade_targets(ckpt["segflow_config"]))  # older module paths too
     overrides = dict(overrides or {})
     for key, value in overrides.items():
@@ -97,6 +119,10 @@ def load_model(path: str | Path, which: str = "best", weights: str = "ema",
             raise
         cause = exc.__cause__ or exc
         first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        if not overrides:  # the stored config itself: another segflow wrote it
+            raise ConfigError(f"the model of {ckpt_file} cannot be built by segflow {VERSION}: "
+                              f"{first[:200]}; it was written by {written_by(ckpt)}: load it with "
+                              f"that segflow version") from None
         raise ConfigError(f"the model of {ckpt_file} cannot be built with the overrides "
                           f"({given}): {first[:200]}; drop or fix them") from None
     state = ckpt["state_dict"]

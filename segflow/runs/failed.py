@@ -39,7 +39,7 @@ FAILED = "FAILED"
 
 #: What a start writes before any result: a folder holding only these is removed on failure.
 _BOOKKEEPING = (".hydra", "*.log", "preprocess.json", "tensorboard", "csv", "checkpoints", FAILED,
-                "wandb", "mlruns", "lightning_logs")
+                "wandb", "mlruns", "lightning_logs", "RUNNING")
 #: Files that are results: their presence keeps the folder (marked FAILED instead).
 _RESULTS = ("*.ckpt", "metrics.json", "console.log")
 
@@ -144,7 +144,8 @@ def users_mistake(exc: BaseException) -> bool:
     if isinstance(exc, SystemExit):
         return exc.code == 2
     user = find_user_error(exc) or disk_error(exc)
-    return user is not None and getattr(user, "exit_code", 2) == 2
+    return (user is not None and getattr(user, "exit_code", 2) == 2
+            and not getattr(user, "keeps_run", False))  # e.g. a diverged run: its log stays
 
 
 def _prune(folder: Path, stop: str | Path | None) -> None:

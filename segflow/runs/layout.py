@@ -135,6 +135,25 @@ class EvalFolder:
 
 
 @dataclass(frozen=True)
+class SweepFolder:
+    """The files of one multirun folder (``<root>/multirun/<sweep>/<time>``): its jobs are
+    the sub-folders ``<num>``; ``.jobs/<num>.json`` is what each job ended with, and
+    ``sweep.json`` every job of the sweep (finished, failed, refused before launch)."""
+
+    path: Path
+
+    def job(self, num: int | str) -> Path:
+        return self.path / str(num)
+
+    def job_status(self, num: int | str) -> Path:
+        return self.path / ".jobs" / f"{num}.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "sweep.json"
+
+
+@dataclass(frozen=True)
 class RunFolder:
     """The files and folders of one training run."""
 
@@ -168,6 +187,11 @@ class RunFolder:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def lock(self) -> Path:
+        """``RUNNING``: the training process of this run (pid, host, SLURM job), while it runs."""
+        return self.path / "RUNNING"
 
     def checkpoint(self, which: str) -> Path:
         return self.checkpoints / f"{which}.ckpt"
@@ -379,6 +403,12 @@ def sweep_dir(root: str, sweep: str, when: str) -> str:
     return str(shared_claims("run_dir", [Layout.at(root).sweep(sweep, when)])[0])
 
 
+def claimed_sweep() -> SweepFolder | None:
+    """The multirun folder this process claimed (:func:`sweep_dir`), if any."""
+    claimed = json.loads(os.environ.get("SEGFLOW_CLAIMED_RUN_DIR", "[]") or "[]")
+    return SweepFolder(Path(claimed[0])) if claimed and Path(claimed[0]).is_dir() else None
+
+
 def tool_dir(root: str, kind: str, when: str) -> str:
     """The folder of a benchmark tool run: a new ``<root>/<kind>/<when>``."""
     return str(shared_claims("run_dir", [Layout.at(root).tool(kind, when)])[0])
@@ -454,11 +484,25 @@ def check_overwrites(out: Path, stems: list[str], overwrite: bool) -> None:
                           f"pass overwrite=true to replace them")
 
 
-def export_dir(output_dir: str | None, run_dir: str, fmt: str) -> Path:
+def export_dir(output_dir: str | None, run_dir: str, fmt: str, files: Iterable[str] = (),
+               overwrite: bool = False) -> Path:
     """``output_dir``, else a new ``<run folder>/export/<format>`` (``_1``, ``_2`` when taken).
-    The caller checks the format and the checkpoint first (nothing is made for a refusal)."""
+    The caller checks the format and the checkpoint first (nothing is made for a refusal).
+
+    Raises:
+        ConfigError: ``output_dir`` already holds one of ``files`` (what the export writes)
+            and not ``overwrite``, or cannot be written (naming the folder).
+    """
     run = _existing_run(run_dir, "export")
-    return Path(output_dir) if output_dir else claim_dir(RunFolder(run).export(fmt))
+    if not output_dir:
+        return claim_dir(RunFolder(run).export(fmt))
+    folder = Path(output_dir)
+    taken = [n for n in files if (folder / n).exists()] if folder.is_dir() else []
+    if taken and not overwrite:
+        raise ConfigError(f"output_dir={folder} already holds {', '.join(taken)}; choose a new "
+                          f"output_dir, leave it unset (a new folder under the run) or pass "
+                          f"overwrite=true to replace them (other files there are left alone)")
+    return check_writable(folder)
 
 
 def report_dir(paths: list[str | Path], root: str | Path | None = None) -> Path:

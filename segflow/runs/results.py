@@ -87,14 +87,22 @@ def columns_of(rows: Sequence[dict[str, Any]], first: Sequence[str] = ()) -> lis
     return list(seen)
 
 
+def csv_text(value: Any) -> Any:
+    """A cell as UTF-8 can hold it: a file name that is not UTF-8 (``$'\\xff'a.png``, read
+    by Python with surrogate escapes) is written with its bytes escaped (``\\xffa.png``)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Path:
-    """Rows of dicts → CSV (missing cells empty)."""
+    """Rows of dicts → CSV in UTF-8 (missing cells empty; see :func:`csv_text`)."""
     columns = list(columns or columns_of(rows))
-    with atomic_open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row.get(k, "") for k in columns})
+            writer.writerow({k: csv_text(row.get(k, "")) for k in columns})
     return path
 
 

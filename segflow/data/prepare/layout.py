@@ -28,6 +28,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +225,53 @@ def prepare(kind: str, source: str | Path, dest: str | Path, force: bool = False
     """
     source, dest = Path(source), Path(dest)
     opts = adapter_options(kind, options)
+    with dest_lock(dest):  # two preparations into one folder: the second is refused
+        return _prepare(kind, source, dest, force, opts)
+
+
+@contextmanager
+def dest_lock(dest: Path) -> Iterator[None]:
+    """Hold ``.<dest>.lock`` beside ``dest`` while preparing it; removed when done (the lock
+    itself is released when the process ends, however it ends).
+
+    Raises:
+        DataError: another process holds it.
+    """
+    import fcntl
+
+    lock = dest.parent / f".{dest.name}.lock"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock.open("a+")
+    except OSError as exc:
+        raise DataError(f"cannot prepare {dest}: {exc.strerror or exc}; choose a writable "
+                        f"destination") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not lock.exists() or os.stat(lock).st_ino != os.fstat(handle.fileno()).st_ino:
+                raise OSError("the lock file was replaced meanwhile")  # its holder just ended
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise DataError(f"{dest} is being prepared by another segflow.prepare ({holder}); "
+                            f"wait for it to finish (then run again: an up-to-date folder is "
+                            f"left as it is) or choose another destination") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # while still held: a waiting process sees it replaced
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+def _prepare(kind: str, source: Path, dest: Path, force: bool, opts: dict[str, Any]
+             ) -> dict[str, Any]:
     state = inspect_dest(dest)  # only what segflow wrote may be replaced
     check_dest(state, dest, kind, force)
     found = find_pairs(kind, source, **opts)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segflow.infra.children import run_child
 from segflow.infra.errors import ConfigError, DataError
 from segflow.runs.failed import is_failed
 from segflow.runs.layout import Layout, RunFolder
@@ -209,9 +209,9 @@ def choose_settings(val: list[Evaluation], budgets: list[float], unit: str = "NF
 # -- running the stages -------------------------------------------------------------------
 def _run(cmd: list[str]) -> None:
     print("+ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: `{' '.join(cmd)}` failed (exit {proc.returncode}); "
+    code = run_child(cmd)  # a SIGTERM / Ctrl+C of segflow.compare ends it too
+    if code != 0:
+        raise SystemExit(f"error: `{' '.join(cmd)}` failed (exit {code}); "
                          "see its message above")
 
 
