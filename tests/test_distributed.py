@@ -70,7 +70,9 @@ def test_ddp_multirun_each_job_in_its_own_folder(train, workdir):
     sweep = jobs[0].parent
     assert sweep.parent.name == "arch" and len(list(sweep.parent.iterdir())) == 1
     # Nothing stray anywhere: only the sweep's multirun.yaml and the two job folders.
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    # (and the sweep's own records: .jobs/<num>.json per job, sweep.json)
+    assert sorted(p.name for p in sweep.iterdir()) == [".jobs", "0", "1", "multirun.yaml",
+                                                       "sweep.json"]
     assert [p.name for p in (workdir / "outputs").iterdir()] == ["multirun"]
     files = _all_files(workdir)
     assert sum(f.endswith(".hydra/config.yaml") for f in files) == 2

@@ -38,7 +38,7 @@ def debug_sampling(method: Any, cfg: DictConfig, logger: logging.Logger = log) -
                           f"the upper bounds of the sampling settings, e.g. "
                           f"debug.sampling.steps=2") from None
     if lowered:
-        logger.info("debug: sampling capped to %s (was %s); debug.sampling=null keeps "
+        logger.info("debug=default: sampling capped to %s (was %s); debug.sampling=null keeps "
                     "the model's own", ", ".join(f"{k}={v}" for k, (_, v) in lowered.items()),
                     ", ".join(f"{k}={old}" for k, (old, _) in lowered.items()))
     return new

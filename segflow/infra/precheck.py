@@ -159,7 +159,11 @@ def _check(cfg: DictConfig, check: Callable[[DictConfig], None]) -> None:
         OmegaConf.update(cfg, "hydra.runtime.output_dir", PLACEHOLDER_DIR, force_add=True)
         HydraConfig.instance().set_config(cfg)
     try:
-        for key in [k for k in cfg if k != "hydra"]:
+        raw = OmegaConf.to_container(cfg, resolve=False)
+        # keys that read Hydra's own nodes (sweep_name from the overrides) last: a bad user
+        # override is named as itself, not through a key that quotes the command line
+        keys = sorted((k for k in cfg if k != "hydra"), key=lambda k: "hydra" in str(raw.get(k)))
+        for key in keys:
             check_resolvable(cfg, str(key))
         job_cfg = cfg.copy()
         with open_dict(job_cfg):

@@ -30,6 +30,8 @@ from segflow.runs.layout import RunFolder, SweepFolder, claimed_sweep
 log = logging.getLogger("segflow.sweep")
 
 _REJECTED = "SEGFLOW_SWEEP_REJECTED"
+#: Exit statuses of a run stopped by a signal (SIGTERM, SIGINT) after writing last.ckpt.
+_STOPPED = (143, 130)
 
 
 def announce(plan: Any) -> None:
@@ -62,6 +64,11 @@ def sweep_job(sweep_dir: str | Path | None, num: Any, overrides: list[str]) -> I
     except (Exception, SystemExit) as exc:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             write_json(folder.job_status(num), {**record, "status": "finished"})
+            return
+        if isinstance(exc, SystemExit) and os.environ.get("SLURM_JOB_ID") and exc.code in _STOPPED:
+            # stopped by SLURM (requeue, pre-emption): the requeued run writes its own end
+            write_json(folder.job_status(num), {**record, "status": "requeued",
+                                                "reason": f"stopped (exit {exc.code}) and requeued"})
             return
         reason = _reason(exc, folder.job(num))
         write_json(folder.job_status(num), {**record, "status": "failed", "reason": reason,
@@ -122,7 +129,12 @@ def finish(plan: Any) -> int:
         jobs.append(entry)
     write_json(sweep.summary, {"sweep": str(sweep.path), "jobs": jobs})
     done = [j for j in jobs if j["status"] == "finished"]
-    bad = [j for j in jobs if j["status"] != "finished"]
+    requeued = [j for j in jobs if j["status"] == "requeued"]  # SLURM runs them again
+    bad = [j for j in jobs if j["status"] not in ("finished", "requeued")]
+    if requeued:
+        print(f"sweep {sweep.path}: {len(requeued)} job(s) stopped and requeued by SLURM; "
+              f"their requeued runs write their own end (.jobs/<num>.json)", file=sys.stderr,
+              flush=True)
     print(f"sweep {sweep.path}: {len(done)} of {len(jobs)} jobs finished, {len(bad)} failed",
           file=sys.stderr, flush=True)
     for j in bad:
