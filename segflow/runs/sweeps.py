@@ -69,7 +69,7 @@ def sweep_job(sweep_dir: str | Path | None, num: Any, overrides: list[str]) -> I
             # stopped by SLURM (requeue, pre-emption): the requeued run writes its own end
             write_json(folder.job_status(num), {**record, "status": "requeued",
                                                 "reason": f"stopped (exit {exc.code}) and requeued"})
-            return
+            raise  # submitit must see the stop, or it reports the job as done and stops waiting
         reason = _reason(exc, folder.job(num))
         write_json(folder.job_status(num), {**record, "status": "failed", "reason": reason,
                                             "user_error": _is_user_error(exc)})
