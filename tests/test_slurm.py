@@ -127,6 +127,19 @@ def test_refused_sbatch_is_one_sentence_and_leaves_no_folder(slurm_cluster, work
     assert not (workdir / "outputs" / "multirun").exists()
 
 
+def _paced_sweep(cluster, workdir: Path, pace: Path, *args: str) -> subprocess.Popen:
+    """A multirun on the CPU partition whose jobs pace their steps (tests.probes.SlurmPace)
+    and report them under ``pace``, started in the background."""
+    cmd = [sys.executable, "-m", "segflow.train", "-m", *TINY, *CPU_JOB, *args,
+           "+callbacks.pace._target_=tests.probes.SlurmPace", f"+callbacks.pace.folder={pace}",
+           "+callbacks.pace.seconds=1.5"]
+    env = {**os.environ, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
+           "SEGFLOW_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(ROOT),
+           "HYDRA_FULL_ERROR": "0", **cluster.env}
+    return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.time() + timeout
     while not predicate():
@@ -150,15 +163,8 @@ def test_requeue_and_usr1_resume_to_the_same_step_count(slurm_cluster, workdir):
     # `sbatch --signal=USR1@90` sends it before a time limit (Lightning writes hpc_ckpt and
     # requeues the job itself). The requeued jobs resume and end at job 0's step count.
     pace = workdir / "pace"
-    cmd = [sys.executable, "-m", "segflow.train", "-m", *TINY, *CPU_JOB, "trainer.max_epochs=3",
-           "experiment_name=plain,requeued,usr1", "sweep_name=requeue",
-           "+callbacks.pace._target_=tests.probes.SlurmPace", f"+callbacks.pace.folder={pace}",
-           "+callbacks.pace.seconds=1.5"]
-    env = {**os.environ, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
-           "SEGFLOW_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(ROOT),
-           "HYDRA_FULL_ERROR": "0", **slurm_cluster.env}
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _paced_sweep(slurm_cluster, workdir, pace, "trainer.max_epochs=3",
+                        "experiment_name=plain,requeued,usr1", "sweep_name=requeue")
     try:
         _wait_for(lambda: _paced_step(pace, 1)["step"] >= 3, "job 1 at step 3", proc)
         done = slurm_cluster.run("scontrol", "requeue", _paced_step(pace, 1)["job"])
@@ -201,14 +207,7 @@ def test_a_lost_node_fails_the_job_in_bounded_time_and_resume_auto_finishes(slur
     # the same command with resume=auto continues it to the full step count.
     pace = workdir / "pace"
     args = ["slurm.nodes=2", "trainer.max_epochs=3", "sweep_name=lost"]
-    cmd = [sys.executable, "-m", "segflow.train", "-m", *TINY, *CPU_JOB, *args,
-           "+callbacks.pace._target_=tests.probes.SlurmPace", f"+callbacks.pace.folder={pace}",
-           "+callbacks.pace.seconds=1.5"]
-    env = {**os.environ, "SEGFLOW_OUTPUT_DIR": str(workdir / "outputs"),
-           "SEGFLOW_DATA_DIR": str(workdir / "data"), "PYTHONPATH": str(ROOT),
-           "HYDRA_FULL_ERROR": "0", **slurm_cluster.env}
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _paced_sweep(slurm_cluster, workdir, pace, *args)
     try:
         rank1 = pace / "0_rank1.json"
         _wait_for(lambda: rank1.exists() and json.loads(rank1.read_text())["step"] >= 3,
