@@ -93,9 +93,9 @@ def _run_commit(run: Path) -> str:
     return f"`{sha[:7]}`" + (" with uncommitted changes" if dirty else "") if sha != "unknown" else "commit unknown"
 
 
-def _commit_warning(runs) -> str:
+def _commit_warning(commits) -> str:
     """A line when the runs were trained at different commits (or some at an unknown one)."""
-    shas = {_run_commit(r) for r in runs}
+    shas = set(commits)
     if len(shas) <= 1:
         return ""
     print(f"warning: the runs were trained at {len(shas)} different commits: "
@@ -170,6 +170,7 @@ def run(c: Comparison) -> Path:
     rows = build_rows(choices, tests, generative, c.n_boot, c.margins, c.adjust)
     curve = refinement_rows(evals, generative)
     out = c.out or c.layout.comparison(c.sweep)
+    commits = {r: _run_commit(r) for r in runs.values()}  # each run's record read once
     header = (f"# segflow comparison: {c.sweep}\n\nCommit `{_commit()}`; hardware: {hardware()}. "
               f"Command:\n\n"
               f"```bash\n{_command(c)}\n```\n\nSettings chosen on the val split (`--select "
@@ -177,9 +178,9 @@ def run(c: Comparison) -> Path:
               f"counted GFLOPs per image with every pass, view, tile and prior pass), then tested "
               f"once. "
               f"{protocol_notes(rows, c.margins, c.adjust)} Runs (trained at commit):\n\n"
-              + "".join(f"- {m} seed {s}: `{_shown(r)}` ({_run_commit(r)})\n"
+              + "".join(f"- {m} seed {s}: `{_shown(r)}` ({commits[r]})\n"
                         for (m, s), r in runs.items())
-              + _commit_warning(runs.values()))
+              + _commit_warning(commits.values()))
     tables = markdown(rows) + (f"\n{refinement_markdown(curve)}" if curve else "")
     write_report(out, rows, header, tables)
     write_refinement(out, curve)
